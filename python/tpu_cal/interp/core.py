@@ -1,0 +1,133 @@
+"""The interpreter: a table of per-op numpy kernels plus listeners called around every op.
+
+Kernels are registered with `@impl("top.conv", ...)` and called as `kernel(node, *inputs, shape=...)`, where
+`shape` is the node's declared result shape with the batch axis scaled to the batch actually run (a module
+imported for batch 1 runs a batch of N samples at once). Absent optional operands arrive as None.
+
+Listeners observe or replace values without forking the interpreter: statistics collectors, fake-quant and
+per-layer comparison are all listeners. Each tensor is freed after its last use unless a caller keeps it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+
+from ..errors import UserError
+from ..graph import Graph, Node
+
+KERNELS: dict[str, Callable] = {}
+
+
+def impl(*op_names: str):
+    """Registers a kernel for one or more ops (both dialects may share one)."""
+    def deco(fn):
+        for n in op_names:
+            if n in KERNELS:
+                raise RuntimeError(f"two kernels for {n}")
+            KERNELS[n] = fn
+        return fn
+    return deco
+
+
+class Listener:
+    """Hooks around each op. `after_op` may return a replacement for the output (e.g. fake-quantized)."""
+
+    def before_run(self, graph: Graph, feeds: dict[str, np.ndarray]): ...
+    def before_op(self, node: Node, inputs: list): ...
+    def after_op(self, node: Node, inputs: list, output: np.ndarray): ...
+    def after_run(self, graph: Graph, outputs: dict[str, np.ndarray]): ...
+
+
+_BOUND = ("top.none", "top.weight")   # ops the interpreter binds itself instead of calling a kernel
+
+
+def _load_kernels():
+    from . import kernels  # noqa: F401  (registers the table on first use)
+
+
+class Interpreter:
+    def __init__(self, graph: Graph, listeners: Iterable[Listener] = ()):
+        _load_kernels()
+        self.graph = graph
+        self.listeners = list(listeners)
+        missing = sorted({n.op for n in graph.nodes if n.op not in KERNELS and n.op not in _BOUND})
+        if missing:
+            raise UserError(f"no interpreter kernel for: {', '.join(missing)}")
+        # last use of each value, so tensors are freed as soon as nothing needs them
+        self._last_use: dict[str, int] = {}
+        for k, n in enumerate(graph.nodes):
+            for i in n.inputs:
+                if i is not None:
+                    self._last_use[i] = k
+        nodes = graph.node_map()
+        self._declared_batch = {name: nodes[name].shape[0] if nodes[name].shape else 1 for name in graph.inputs}
+
+    def run(self, feeds: dict[str, np.ndarray], keep: Iterable[str] | str = ()) -> dict[str, np.ndarray]:
+        """Runs the graph on `feeds` (input name -> batch). Returns the outputs plus every name in `keep`
+        (`keep="all"` keeps every tensor)."""
+        g = self.graph
+        for name in g.inputs:
+            if name not in feeds:
+                raise UserError(f"missing input '{name}' (inputs: {', '.join(g.inputs)})")
+        batch = self._batch_factor(feeds)
+        keep_all = keep == "all"
+        keep = set() if keep_all else set(keep)
+        keep.update(g.outputs)
+        for ls in self.listeners:
+            ls.before_run(g, feeds)
+        env: dict[str, np.ndarray] = {}
+        for k, n in enumerate(g.nodes):
+            if n.op == "top.none":
+                continue
+            if n.op == "top.input":
+                args = [self._check_feed(n, feeds[n.name], batch)]
+            else:
+                args = [None if i is None else env[i] for i in n.inputs]
+            for ls in self.listeners:
+                ls.before_op(n, args)
+            if n.op == "top.weight":
+                out = g.weights[n.attrs["name"]]
+            else:
+                shape = n.shape if batch == 1 or not n.shape else (n.shape[0] * batch,) + tuple(n.shape[1:])
+                out = KERNELS[n.op](n, *args, shape=tuple(shape))
+            for ls in self.listeners:
+                rep = ls.after_op(n, args, out)
+                if rep is not None:
+                    out = rep
+            env[n.name] = out
+            if not keep_all:
+                for i in set(n.inputs):
+                    if i is not None and self._last_use.get(i) == k and i not in keep:
+                        del env[i]
+                if n.name not in self._last_use and n.name not in keep:
+                    env.pop(n.name, None)
+        outputs = env if keep_all else {name: env[name] for name in keep if name in env}
+        for ls in self.listeners:
+            ls.after_run(g, outputs)
+        return outputs
+
+    def _batch_factor(self, feeds) -> int:
+        factors = set()
+        for name in self.graph.inputs:
+            x = np.asarray(feeds[name])
+            b0 = self._declared_batch[name]
+            if x.ndim == 0 or b0 == 0 or x.shape[0] % b0:
+                raise UserError(f"input '{name}': batch of shape {x.shape} does not fit the declared batch {b0}")
+            factors.add(x.shape[0] // b0)
+        if len(factors) > 1:
+            raise UserError(f"inputs have different batch sizes: {sorted(factors)}")
+        return factors.pop() if factors else 1
+
+    @staticmethod
+    def _check_feed(n: Node, x, batch: int) -> np.ndarray:
+        x = np.asarray(x)
+        want = (n.shape[0] * batch,) + tuple(n.shape[1:]) if n.shape else ()
+        if tuple(x.shape) != want:
+            raise UserError(f"input '{n.name}': got shape {tuple(x.shape)}, the module expects "
+                            f"{tuple(n.shape)} per batch of {n.shape[0] if n.shape else 1}")
+        if x.dtype != np.dtype(n.dtype):
+            if np.issubdtype(x.dtype, np.floating) != np.issubdtype(np.dtype(n.dtype), np.floating):
+                raise UserError(f"input '{n.name}': got dtype {x.dtype}, the module expects {n.dtype}")
+            x = x.astype(n.dtype)
+        return x

@@ -1,0 +1,94 @@
+"""Elementwise kernels. Float tensors stay float32: every result is cast back to the declared dtype."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..core import impl
+
+from scipy.special import erf as _erf
+
+
+def _out(node, y):
+    return np.asarray(y).astype(node.dtype, copy=False)
+
+
+def _sigmoid(x):
+    # exp of a non-positive argument never overflows
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _softplus(x):
+    return np.logaddexp(0, x)
+
+
+_UNARY = {
+    "relu": lambda n, x: np.maximum(x, 0),
+    "leaky_relu": lambda n, x: np.where(x >= 0, x, x * np.float32(n.attrs["alpha"])),
+    "clip": lambda n, x: np.clip(x, n.attrs["min"], n.attrs["max"]),
+    "sigmoid": lambda n, x: _sigmoid(x),
+    "silu": lambda n, x: x * _sigmoid(x),
+    "hardsigmoid": lambda n, x: np.clip(x * np.float32(n.attrs["alpha"]) + np.float32(n.attrs["beta"]), 0, 1),
+    "hardswish": lambda n, x: x * np.clip(x / np.float32(6) + np.float32(0.5), 0, 1),
+    "gelu": lambda n, x: (0.5 * x * (1 + np.tanh(np.float32(math.sqrt(2 / math.pi)) * (x + np.float32(0.044715) * x ** 3)))
+                          if n.attrs["approximate"] == "tanh" else 0.5 * x * (1 + _erf(x / np.float32(math.sqrt(2))))),
+    "tanh": lambda n, x: np.tanh(x),
+    "erf": lambda n, x: _erf(x),
+    "exp": lambda n, x: np.exp(x),
+    "log": lambda n, x: np.log(x),
+    "sqrt": lambda n, x: np.sqrt(x),
+    "abs": lambda n, x: np.abs(x),
+    "neg": lambda n, x: -x,
+    "reciprocal": lambda n, x: 1 / x,
+    "softplus": lambda n, x: _softplus(x),
+    "mish": lambda n, x: x * np.tanh(_softplus(x)),
+    "floor": lambda n, x: np.floor(x),
+    "not": lambda n, x: np.logical_not(x),
+    "isnan": lambda n, x: np.isnan(x),
+    "cast": lambda n, x: x,   # _out casts to the declared dtype
+}
+
+
+def _div(a, b):
+    if np.issubdtype(np.result_type(a, b), np.integer):
+        return np.trunc(np.true_divide(a, b))   # ONNX integer Div truncates toward zero
+    return a / b
+
+
+_BINARY = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": _div, "pow": np.power,
+    "max": np.maximum, "min": np.minimum, "equal": np.equal, "less": np.less, "greater": np.greater,
+    "and": np.logical_and, "or": np.logical_or,
+}
+
+
+def _register():
+    for name, f in _UNARY.items():
+        impl(f"top.{name}", f"tpu.{name}")(lambda node, x, shape, f=f: _out(node, f(node, x)))
+    for name, f in _BINARY.items():
+        impl(f"top.{name}", f"tpu.{name}")(lambda node, a, b, shape, f=f: _out(node, f(a, b)))
+
+
+_register()
+
+
+@impl("top.where", "tpu.where")
+def where(node, c, a, b, shape):
+    return _out(node, np.where(c, a, b))
+
+
+@impl("top.softmax", "tpu.softmax")
+def softmax(node, x, shape):
+    ax = node.attrs["axis"]
+    e = np.exp(x - x.max(axis=ax, keepdims=True))
+    e /= e.sum(axis=ax, keepdims=True)
+    return _out(node, e)
+
+
+@impl("top.log_softmax", "tpu.log_softmax")
+def log_softmax(node, x, shape):
+    ax = node.attrs["axis"]
+    s = x - x.max(axis=ax, keepdims=True)
+    return _out(node, s - np.log(np.exp(s).sum(axis=ax, keepdims=True)))

@@ -1,0 +1,1 @@
+"""Convolution-family kernels (conv, deconv, pools, resize, pad, norms)."""

@@ -1,0 +1,104 @@
+"""Data-movement, reduction, gather and matmul kernels."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..core import impl
+
+
+@impl("top.input")
+def input_(node, x, shape):
+    return x
+
+
+@impl("top.reshape", "tpu.reshape")
+def reshape(node, x, shape):
+    if int(np.prod(shape)) == x.size:
+        return x.reshape(shape)
+    return x.reshape((-1,) + tuple(shape[1:]))   # batch folded into the first axis
+
+
+@impl("top.permute", "tpu.permute")
+def permute(node, x, shape):
+    return np.ascontiguousarray(np.transpose(x, node.attrs["order"]))
+
+
+@impl("top.slice", "tpu.slice")
+def slice_(node, x, shape):
+    idx = [slice(None)] * x.ndim
+    for s, e, st, ax in zip(node.attrs["starts"], node.attrs["ends"], node.attrs["steps"], node.attrs["axes"]):
+        idx[ax] = slice(s, None if e == -(2 ** 63) else e, st)   # INT64_MIN end: run to the start of the axis
+    return np.ascontiguousarray(x[tuple(idx)])
+
+
+@impl("top.concat", "tpu.concat")
+def concat(node, *xs, shape):
+    return np.concatenate(xs, axis=node.attrs["axis"])
+
+
+@impl("top.expand", "tpu.expand")
+def expand(node, x, shape):
+    return np.ascontiguousarray(np.broadcast_to(x, np.broadcast_shapes(x.shape, shape)))
+
+
+@impl("top.tile", "tpu.tile")
+def tile(node, x, shape):
+    return np.tile(x, node.attrs["repeats"])
+
+
+@impl("top.gather", "tpu.gather")
+def gather(node, x, idx, shape):
+    ax = node.attrs["axis"]
+    idx = np.asarray(idx).astype(np.int64)
+    idx = np.where(idx < 0, idx + x.shape[ax], idx)
+    return np.take(x, idx, axis=ax)
+
+
+_REDUCE = {
+    "mean": lambda x, a, k: x.mean(axis=a, keepdims=k, dtype=np.float64 if x.dtype == np.float64 else None),
+    "max": lambda x, a, k: x.max(axis=a, keepdims=k),
+    "min": lambda x, a, k: x.min(axis=a, keepdims=k),
+    "sum": lambda x, a, k: x.sum(axis=a, keepdims=k),
+    "prod": lambda x, a, k: x.prod(axis=a, keepdims=k),
+    "l1": lambda x, a, k: np.abs(x).sum(axis=a, keepdims=k),
+    "l2": lambda x, a, k: np.sqrt((x * x).sum(axis=a, keepdims=k)),
+    "sumsquare": lambda x, a, k: (x * x).sum(axis=a, keepdims=k),
+    "logsumexp": lambda x, a, k: np.log(np.exp(x).sum(axis=a, keepdims=k)),
+}
+
+
+@impl("top.reduce", "tpu.reduce")
+def reduce(node, x, shape):
+    axes = tuple(node.attrs["axes"]) or tuple(range(x.ndim))
+    return np.asarray(_REDUCE[node.attrs["mode"]](x, axes, bool(node.attrs["keepdims"]))).astype(node.dtype)
+
+
+@impl("top.arg", "tpu.arg")
+def arg(node, x, shape):
+    f = np.argmax if node.attrs["mode"] == "max" else np.argmin
+    y = f(x, axis=node.attrs["axis"])
+    if node.attrs["keepdims"]:
+        y = np.expand_dims(y, node.attrs["axis"])
+    return y.astype(node.dtype)
+
+
+@impl("top.matmul", "tpu.matmul")
+def matmul(node, a, b, bias, shape):
+    y = np.matmul(a, b)
+    if bias is not None:
+        y += bias
+    return y.astype(node.dtype, copy=False)
+
+
+@impl("top.layer_norm", "tpu.layer_norm")
+def layer_norm(node, x, scale, bias, shape):
+    axes = tuple(range(node.attrs["axis"] % x.ndim, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    d = x - mean
+    var = (d * d).mean(axis=axes, keepdims=True)
+    y = d / np.sqrt(var + np.float32(node.attrs["eps"]))
+    if scale is not None:
+        y *= scale
+    if bias is not None:
+        y += bias
+    return y.astype(node.dtype, copy=False)
