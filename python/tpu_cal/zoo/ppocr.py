@@ -45,3 +45,7 @@ def ppocr(kind: str) -> str:
         out.write(z.read(f"rapidocr_onnxruntime/models/{fname}"))
     os.replace(target + ".part", target)
     return target
+
+
+if __name__ == "__main__":   # `python -m tpu_cal.zoo.ppocr cls` prints the model's path
+    print(ppocr(sys.argv[1] if len(sys.argv) > 1 else "cls"))

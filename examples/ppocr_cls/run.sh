@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The bundled example: PP-OCR's text-direction classifier on text-line crops of scikit-image's page.png.
+# Imports the ONNX model into the top dialect and checks it against ONNX Runtime on a real crop.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${1:-$here/out}"
+mkdir -p "$out"
+model="$(python -m tpu_cal.zoo.ppocr cls)"
+# PP-OCR cls preprocessing: BGR, height 48 keeping the aspect ratio, (x/255 - 0.5)/0.5
+tpu-cal transform --model_name ppocr_cls --model_def "$model" \
+  --input_shapes '[[1,3,48,192]]' --keep_aspect_ratio --pad_type normal --pad_value 127 \
+  --mean 127.5,127.5,127.5 --scale 0.0078431,0.0078431,0.0078431 --pixel_format bgr \
+  --test_input "$here/images/line1_096_0.png" --test_result "$out/ppocr_cls_top_outputs.npz" \
+  --mlir "$out/ppocr_cls.mlir"
