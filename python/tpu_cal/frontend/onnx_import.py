@@ -30,6 +30,21 @@ def converter(*op_types: str):
     return deco
 
 
+# Fusions: `fn(imp, node) -> V | list | None` tried in registration order before the node's converter; one that
+# recognizes a pattern ending at `node` (looking back through the ONNX graph, see `onnx_ops.transformer`) emits the
+# fused op and returns its value, else returns None. The pattern's earlier nodes were already emitted; they die in
+# the final DCE when nothing else reads them.
+FUSIONS: dict[str, list[Callable]] = {}
+
+
+def fusion(*op_types: str):
+    def deco(fn):
+        for t in op_types:
+            FUSIONS.setdefault(t, []).append(fn)
+        return fn
+    return deco
+
+
 @dataclass(eq=False)
 class V:
     """A value during import: `name` is the producing top op (None while the value is a folded constant);
@@ -189,7 +204,13 @@ class Importer:
             input_names.append(vi.name)
         for n in _toposort(g, self.path):
             self.node = n
-            outs = CONVERTERS[n.op_type](self, n)
+            outs = None
+            for fuse in FUSIONS.get(n.op_type, ()):
+                outs = fuse(self, n)
+                if outs is not None:
+                    break
+            if outs is None:
+                outs = CONVERTERS[n.op_type](self, n)
             if not isinstance(outs, (list, tuple)):
                 outs = [outs]
             for name, v in zip(n.output, outs):
