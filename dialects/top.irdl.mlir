@@ -57,11 +57,12 @@ irdl.dialect @top {
     %2 = irdl.base "#builtin.dense_array"
     %3 = irdl.base "#builtin.dense_array"
     %4 = irdl.base "#builtin.dense_array"
-    %5 = irdl.base "#builtin.integer"
+    %5 = irdl.base "#builtin.dense_array"
     %6 = irdl.base "#builtin.integer"
+    %7 = irdl.base "#builtin.integer"
     irdl.operands(input: %0)
     irdl.results(output: %1)
-    irdl.attributes {"kernel_shape" = %2, "strides" = %3, "pads" = %4, "ceil_mode" = %5, "count_include_pad" = %6}
+    irdl.attributes {"kernel_shape" = %2, "strides" = %3, "pads" = %4, "dilations" = %5, "ceil_mode" = %6, "count_include_pad" = %7}
   }
   // Average pooling; global pools are avgpool over the whole plane.
   irdl.operation @avgpool {
@@ -70,11 +71,12 @@ irdl.dialect @top {
     %2 = irdl.base "#builtin.dense_array"
     %3 = irdl.base "#builtin.dense_array"
     %4 = irdl.base "#builtin.dense_array"
-    %5 = irdl.base "#builtin.integer"
+    %5 = irdl.base "#builtin.dense_array"
     %6 = irdl.base "#builtin.integer"
+    %7 = irdl.base "#builtin.integer"
     irdl.operands(input: %0)
     irdl.results(output: %1)
-    irdl.attributes {"kernel_shape" = %2, "strides" = %3, "pads" = %4, "ceil_mode" = %5, "count_include_pad" = %6}
+    irdl.attributes {"kernel_shape" = %2, "strides" = %3, "pads" = %4, "dilations" = %5, "ceil_mode" = %6, "count_include_pad" = %7}
   }
   // Per-channel y = x*scale[c] + bias[c] on axis 1 (unfolded BatchNorm).
   irdl.operation @scale {
@@ -492,7 +494,7 @@ irdl.dialect @top {
     irdl.results(output: %1)
     irdl.attributes {"pads" = %2, "mode" = %3, "value" = %4}
   }
-  // resize to the result type's shape; ONNX Resize modes
+  // resize to the result type's shape; ONNX Resize modes (nearest_mode 'simple' is Upsample's); scales per axis drive the coordinate transform
   irdl.operation @resize {
     %0 = irdl.base "!builtin.tensor"
     %1 = irdl.base "!builtin.tensor"
@@ -500,9 +502,11 @@ irdl.dialect @top {
     %3 = irdl.base "#builtin.string"
     %4 = irdl.base "#builtin.string"
     %5 = irdl.base "#builtin.float"
+    %6 = irdl.base "#builtin.integer"
+    %7 = irdl.base "#builtin.dense_array"
     irdl.operands(input: %0)
     irdl.results(output: %1)
-    irdl.attributes {"mode" = %2, "coord_mode" = %3, "nearest_mode" = %4, "cubic_coeff" = %5}
+    irdl.attributes {"mode" = %2, "coord_mode" = %3, "nearest_mode" = %4, "cubic_coeff" = %5, "exclude_outside" = %6, "scales" = %7}
   }
   // broadcast to the result type's shape
   irdl.operation @expand {

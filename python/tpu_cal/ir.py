@@ -103,7 +103,7 @@ def save_graph(g: Graph, path: str, ctx: ir.Context | None = None) -> ir.Module:
     wdir = os.path.dirname(os.path.abspath(path))
     text = asm(module)
     with atomic_path(path) as tmp:
-        write_npz(os.path.join(wdir, wfile), {k: np.ascontiguousarray(g.weights[k]) for k in sorted(used)})
+        write_npz(os.path.join(wdir, wfile), {k: np.asarray(g.weights[k], order="C") for k in sorted(used)})
         with open(tmp, "w") as f:
             f.write(text)
     return module

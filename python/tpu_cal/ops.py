@@ -41,7 +41,8 @@ def _binary(name, doc):
     return OpDef(name, ("lhs", "rhs"), {}, doc + " (numpy broadcasting)")
 
 
-_POOL = dict(kernel_shape="ints", strides="ints", pads="ints", ceil_mode="b", count_include_pad="b")
+_POOL = dict(kernel_shape="ints", strides="ints", pads="ints", dilations="ints", ceil_mode="b",
+             count_include_pad="b")
 _CONV = dict(kernel_shape="ints", strides="ints", pads="ints", dilations="ints", group="i")
 
 TOP_OPS: list[OpDef] = [
@@ -109,8 +110,9 @@ TOP_OPS: list[OpDef] = [
            starts="ints", ends="ints", steps="ints", axes="ints"),
     OpDef("concat", ("inputs*",), {"axis": "i"}, "concatenation along axis"),
     _unary("pad", "pad by [begin..., end...]; mode constant/reflect/edge", pads="ints", mode="s", value="f"),
-    _unary("resize", "resize to the result type's shape; ONNX Resize modes",
-           mode="s", coord_mode="s", nearest_mode="s", cubic_coeff="f"),
+    _unary("resize", "resize to the result type's shape; ONNX Resize modes (nearest_mode 'simple' is Upsample's); "
+           "scales per axis drive the coordinate transform", mode="s", coord_mode="s", nearest_mode="s",
+           cubic_coeff="f", exclude_outside="b", scales="floats"),
     _unary("expand", "broadcast to the result type's shape"),
     _unary("tile", "np.tile by repeats", repeats="ints"),
     _unary("reduce", "reduction; mode mean/max/min/sum/prod/l1/l2/sumsquare/logsumexp",

@@ -162,7 +162,7 @@ class Importer:
         if key not in self._materialized:
             base = v.label or f"{consumer}_weight"
             name = self._unique(base)
-            self.weights[name] = np.ascontiguousarray(v.data)
+            self.weights[name] = np.asarray(v.data, order="C")   # ascontiguousarray makes 0-d arrays 1-d
             self.nodes.append(Node("top.weight", name, [], {"name": name}, tuple(v.data.shape), v.data.dtype.name))
             self._materialized[key] = name
         return self._materialized[key]

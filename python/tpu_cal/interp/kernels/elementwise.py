@@ -82,13 +82,15 @@ def where(node, c, a, b, shape):
 @impl("top.softmax", "tpu.softmax")
 def softmax(node, x, shape):
     ax = node.attrs["axis"]
-    e = np.exp(x - x.max(axis=ax, keepdims=True))
-    e /= e.sum(axis=ax, keepdims=True)
+    with np.errstate(invalid="ignore"):   # a row of -inf only (fully masked) gives NaN, as in ONNX Runtime
+        e = np.exp(x - x.max(axis=ax, keepdims=True))
+        e /= e.sum(axis=ax, keepdims=True)
     return _out(node, e)
 
 
 @impl("top.log_softmax", "tpu.log_softmax")
 def log_softmax(node, x, shape):
     ax = node.attrs["axis"]
-    s = x - x.max(axis=ax, keepdims=True)
-    return _out(node, s - np.log(np.exp(s).sum(axis=ax, keepdims=True)))
+    with np.errstate(invalid="ignore"):
+        s = x - x.max(axis=ax, keepdims=True)
+        return _out(node, s - np.log(np.exp(s).sum(axis=ax, keepdims=True)))

@@ -20,7 +20,7 @@ def reshape(node, x, shape):
 
 @impl("top.permute", "tpu.permute")
 def permute(node, x, shape):
-    return np.ascontiguousarray(np.transpose(x, node.attrs["order"]))
+    return np.asarray(np.transpose(x, node.attrs["order"]), order="C")
 
 
 @impl("top.slice", "tpu.slice")
@@ -28,17 +28,23 @@ def slice_(node, x, shape):
     idx = [slice(None)] * x.ndim
     for s, e, st, ax in zip(node.attrs["starts"], node.attrs["ends"], node.attrs["steps"], node.attrs["axes"]):
         idx[ax] = slice(s, None if e == -(2 ** 63) else e, st)   # INT64_MIN end: run to the start of the axis
-    return np.ascontiguousarray(x[tuple(idx)])
+    return np.asarray(x[tuple(idx)], order="C")
 
 
 @impl("top.concat", "tpu.concat")
 def concat(node, *xs, shape):
-    return np.concatenate(xs, axis=node.attrs["axis"])
+    axis = node.attrs["axis"]
+    if axis != 0 and shape and any(x.ndim and x.shape[0] != shape[0] for x in xs):
+        # a batch larger than the declared one: operands folded to constants at import (a ViT's class token)
+        # carry the declared batch and repeat for every sample
+        xs = [x if x.shape[0] == shape[0] or shape[0] % x.shape[0]
+              else np.tile(x, (shape[0] // x.shape[0],) + (1,) * (x.ndim - 1)) for x in xs]
+    return np.concatenate(xs, axis=axis)
 
 
 @impl("top.expand", "tpu.expand")
 def expand(node, x, shape):
-    return np.ascontiguousarray(np.broadcast_to(x, np.broadcast_shapes(x.shape, shape)))
+    return np.asarray(np.broadcast_to(x, np.broadcast_shapes(x.shape, shape)), order="C")
 
 
 @impl("top.tile", "tpu.tile")
@@ -63,8 +69,15 @@ _REDUCE = {
     "l1": lambda x, a, k: np.abs(x).sum(axis=a, keepdims=k),
     "l2": lambda x, a, k: np.sqrt((x * x).sum(axis=a, keepdims=k)),
     "sumsquare": lambda x, a, k: (x * x).sum(axis=a, keepdims=k),
-    "logsumexp": lambda x, a, k: np.log(np.exp(x).sum(axis=a, keepdims=k)),
+    "logsumexp": lambda x, a, k: _logsumexp(x, a, k),
 }
+
+
+def _logsumexp(x, axes, keepdims):
+    m = x.max(axis=axes, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0).astype(x.dtype)     # all -inf (or inf) slices keep their value
+    y = np.log(np.exp(x - m).sum(axis=axes, keepdims=True)) + m
+    return y if keepdims else np.squeeze(y, axis=axes)
 
 
 @impl("top.reduce", "tpu.reduce")
@@ -86,8 +99,8 @@ def arg(node, x, shape):
 def matmul(node, a, b, bias, shape):
     y = np.matmul(a, b)
     if bias is not None:
-        y += bias
-    return y.astype(node.dtype, copy=False)
+        y = np.add(y, bias, out=y) if isinstance(y, np.ndarray) and y.ndim and y.flags.writeable else y + bias
+    return np.asarray(y).astype(node.dtype, copy=False)
 
 
 @impl("top.layer_norm", "tpu.layer_norm")
