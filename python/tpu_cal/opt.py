@@ -22,6 +22,8 @@ from mlir import ir
 from .errors import UserError
 from .fileio import write_text
 from . import ir as tir
+from .passes import Diagnostic, build_pass_manager, default_registry
+from .passes.registry import format_value
 
 EXIT_OK, EXIT_PIPELINE_FAILED, EXIT_USER_ERROR = 0, 1, 2
 SPLIT_MARKER = re.compile(r"^[ \t]*// -----[ \t]*$", re.M)
@@ -50,15 +52,12 @@ class SourceError(Exception):
 # ----------------------------------------------------------------------------------------------- parsing
 
 def _diag_list(e: ir.MLIRError):
-    from tpu_cal.passes import Diagnostic
     return [Diagnostic.from_mlir(d) for d in e.error_diagnostics]
 
 
 def parse_source(text: str, filename: str, ctx: ir.Context) -> ir.Operation:
     """Parses and verifies `text` into a builtin.module; locations carry `filename`. Several top-level ops, or one
     that is not a module, are wrapped in a module as mlir-opt does. Raises SourceError with the diagnostics."""
-    from tpu_cal.passes import Diagnostic
-
     with ctx:
         try:
             op = ir.Operation.parse(text, source_name=filename).operation
@@ -223,8 +222,6 @@ def read_input(path: str) -> tuple[str, str]:
 
 
 def list_passes(out=None, registry=None) -> None:
-    from tpu_cal.passes import default_registry
-
     out = out or sys.stdout
     reg = registry or default_registry()
     print("tpu_cal passes (options as `name{key=value ...}`; dashes in option names):", file=out)
@@ -239,14 +236,11 @@ def list_passes(out=None, registry=None) -> None:
 
 
 def _fmt_default(v) -> str:
-    from tpu_cal.passes.registry import format_value
     return format_value(v)
 
 
 def run(opts: OptOptions, stdout=None, stderr=None, registry=None) -> int:
     """Runs the driver; returns the exit status. `registry` replaces the default pass registry (tests)."""
-    from tpu_cal.passes import build_pass_manager, default_registry, Diagnostic
-
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     registry = registry or default_registry()

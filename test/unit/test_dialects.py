@@ -6,7 +6,6 @@ import os
 import subprocess
 
 import pytest
-from mlir import ir
 
 from tpu_cal import ir as tir
 from tpu_cal.dialects import path as dialect_path

@@ -3,7 +3,6 @@ graphs built with tpu_cal.graph, and the tpu-cal-opt driver's exit statuses."""
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from tpu_cal.errors import UserError
 from tpu_cal.graph import Graph, Node
 from tpu_cal.opt import OptOptions, run as opt_run, split_input, parse_expectations
 from tpu_cal.passes import (Pass, PassError, PassRegistry, PipelineError, PipelineFailed, TopDCE, add_to_pass_manager,
-                            build_pass_manager, default_registry, get_pass, option, parse_pipeline, run_pipeline)
+                            build_pass_manager, default_registry, get_pass, option, run_pipeline)
 from tpu_cal.passes.registry import convert_value, parse_options
 
 

@@ -5,7 +5,6 @@ static-shape models one sample at a time. Outputs must reach cosine >= 0.99999 a
 """
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 from tpu_cal import ir
 from tpu_cal.frontend.onnx_import import CONVERTERS, ImportOptions, import_onnx
 from tpu_cal.interp.core import KERNELS, Interpreter
-from tpu_cal.zoo import ModelUnavailable, cache_dir
+from tpu_cal.zoo import ModelUnavailable
 
 pytestmark = pytest.mark.real
 ort = pytest.importorskip("onnxruntime")
@@ -163,17 +162,15 @@ def _vit(conv: bool):
 
 @pytest.mark.parametrize("opset", [14, 17])
 @pytest.mark.parametrize("conv", [False, True], ids=["patchify", "conv"])
-def test_vit_matches_onnxruntime(opset, conv):
+def test_vit_matches_onnxruntime(tmp_path, opset, conv):
     if conv and ("Conv" not in CONVERTERS or "top.conv" not in KERNELS):
         pytest.skip("needs the Conv converter and the top.conv kernel (the convolutional half of the frontend)")
     torch, vit = _vit(conv)
-    path = os.path.join(cache_dir("vit"), f"vit_{'conv' if conv else 'patchify'}_op{opset}.onnx")
-    tmp = f"{path}.{os.getpid()}.part"
+    path = str(tmp_path / "vit.onnx")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(vit, (torch.randn(1, 3, 32, 32),), tmp, input_names=["image"],
+        torch.onnx.export(vit, (torch.randn(1, 3, 32, 32),), path, input_names=["image"],
                           output_names=["tokens", "logits"], opset_version=opset, dynamo=False)
-    os.replace(tmp, path)
     import onnx
     types = {n.op_type for n in onnx.load(path).graph.node}
     assert ("LayerNormalization" in types) == (opset >= 17) and "Tanh" in types
