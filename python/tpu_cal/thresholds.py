@@ -221,6 +221,8 @@ def _torch_search(h: np.ndarray, bin_width: float, dst_n: int) -> tuple[int, int
             nend = r
             b_steps += 1
         if nstart == start and nend == end:
+            if start == end:             # a single bin: nothing can move any more
+                break
             # nothing moves until beta drops below csum[end]/total: jump there
             jump = int(math.floor((1.0 - csum[end] / total) / step)) - 2
             b_steps = max(b_steps, jump)
@@ -286,6 +288,9 @@ _ALIASES = {
 }
 
 
+_NO_HISTOGRAM = ("max", "aciq_gauss")     # methods that need only min/max/moments
+
+
 def canonical_method(name: str) -> str:
     """The METHODS key for any spelling run_calibration accepts (case-insensitive)."""
     key = _ALIASES.get(name.strip().lower())
@@ -338,6 +343,9 @@ def table_entry(st: TensorStats, method: str, *, bits: int = 8,
     method = canonical_method(method)
     if st.count == 0 or st.absmax == 0:
         return ZERO_FALLBACK, 0.0, ZERO_FALLBACK
+    if method not in _NO_HISTOGRAM and not st.has_histogram:
+        raise RuntimeError(f"method '{method}' needs the histogram: run the histogram pass first "
+                           f"(StatsCollector.start_histogram_pass in two-pass mode)")
     lo, hi = st.min, st.max
     if method == "torch_observer":
         raw, tlo, thi = torch_observer_qparams(st, bits)

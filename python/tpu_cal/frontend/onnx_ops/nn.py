@@ -161,10 +161,10 @@ def conv_transpose(imp, node):
             p[i], p[i + nsp] = 0, 0
             adj[i] -= total
             continue
-        if auto == "SAME_UPPER":
-            p[i], p[i + nsp] = total - total // 2, total // 2
-        else:
+        if auto == "SAME_UPPER":   # the ONNX rule, as ONNX Runtime applies it
             p[i], p[i + nsp] = total // 2, total - total // 2
+        else:
+            p[i], p[i + nsp] = total - total // 2, total // 2
     for i in range(nsp):
         if (x.shape[2 + i] - 1) * s[i] + adj[i] + (k[i] - 1) * d[i] + 1 - p[i] - p[i + nsp] <= 0:
             imp.fail(f"output would be empty on spatial axis {i}")
