@@ -114,9 +114,12 @@ def build(cls, ns: argparse.Namespace):
 
 def commands() -> dict:
     """name -> (options dataclass, run function, one-line help). Imported lazily so --help is fast."""
+    from .calibrate_cmd import CalibrateOptions, calibrate
     from .transform import TransformOptions, transform
     return {"transform": (TransformOptions, transform, "ONNX model -> top dialect MLIR + weights, checked "
-                                                        "against ONNX Runtime")}
+                                                        "against ONNX Runtime"),
+            "calibrate": (CalibrateOptions, calibrate, "streaming statistics over a dataset -> thresholds, "
+                                                        "cali_table (run_calibration)")}
 
 
 def main(argv=None) -> int:

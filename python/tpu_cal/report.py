@@ -13,7 +13,7 @@ def _cell(v) -> str:
 def table(headers: list[str], rows: list[list], title: str | None = None) -> str:
     cells = [[_cell(v) for v in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = "+".join("-" * (w + 2) for w in widths)
+    line = "-+-".join("-" * w for w in widths)
     out = [title] if title else []
     out.append(" | ".join(h.ljust(w) for h, w in zip(headers, widths)))
     out.append(line)

@@ -72,8 +72,9 @@ def transform(o: TransformOptions) -> int:
         return 0
     outs = Interpreter(graph).run(feeds, keep="all" if o.test_result else ())
     if o.test_result:
-        write_npz(o.test_result, {k: v for k, v in outs.items() if isinstance(v, np.ndarray)})
-        print(f"wrote {len(outs)} tensors to {o.test_result}")
+        names = [n.name for n in graph.nodes if n.op not in ("top.weight", "top.none")]
+        write_npz(o.test_result, {k: outs[k] for k in names if k in outs})
+        print(f"wrote {len(names)} tensors to {o.test_result}")
     return verify_against_onnxruntime(o, graph, feeds, outs)
 
 

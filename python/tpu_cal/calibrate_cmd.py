@@ -1,0 +1,94 @@
+"""`tpu-cal calibrate`: run_calibration's flags, spellings and defaults (seeds 000 and 002)."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from . import ir
+from .calibration import CalibrationConfig, attach, calibrate_graph
+from .cli import option
+from .dataset import Dataset
+from .errors import UserError
+from .formats.cali_table import CaliTable, make_header, write_cali_table
+from .preprocess import Preprocess
+from .report import table
+from .thresholds import canonical_method
+
+CALI_METHODS = ("use_kl", "use_mse", "use_max", "use_percentile9999", "use_aciq_gauss", "use_aciq_laplace",
+                "use_torch_observer_for_cali")
+
+
+@dataclass
+class CalibrateOptions:
+    mlir_file: str = option(positional=True, help="the top-dialect module from `tpu-cal transform`")
+    output: str = option(required=True, aliases=("-o",), help="output cali_table")
+    dataset: str = option(None, help="folder of images, .npy or .npz samples")
+    data_list: str = option(None, help="text file, one sample per line (comma-separated files for multi-input)")
+    input_num: int = option(0, help="number of calibration samples (0: all of the dataset)")
+    tune_list: str = option(None, help="sample list for auto-tune (default: the calibration samples)")
+    tune_num: int = option(10, help="samples for auto-tune of kld/aciq thresholds; 0 skips it")
+    histogram_bin_num: int = option(2048, help="histogram bins for KLD (a power of two)")
+    cali_method: str = option("use_kl", choices=CALI_METHODS, help="threshold method (default KLD)")
+    debug_cmd: str = option("", help="TPU-MLIR's debug_cmd; a method name in it (use_mse, use_max, "
+                                     "percentile9999, use_torch_observer_for_cali) selects that method")
+    kurtosis_analysis: bool = option(False, help="print the kurtosis of every activation")
+    print_stats: bool = option(False, help="print a per-tensor statistics table")
+    save_mlir: str = option(None, help="write the calibrated module (thresholds attached) and its weights here")
+    batch_size: int = option(16, help="samples run through the interpreter at once")
+
+
+def _method(o: CalibrateOptions) -> str:
+    method = o.cali_method
+    for tok in (o.debug_cmd or "").replace(",", " ").replace(";", " ").split():
+        if tok in CALI_METHODS or tok == "percentile9999":
+            method = "use_percentile9999" if tok == "percentile9999" else tok
+    return canonical_method(method)
+
+
+def calibrate(o: CalibrateOptions) -> int:
+    if o.input_num < 0 or o.tune_num < 0:
+        raise UserError("--input_num and --tune_num must be >= 0")
+    if o.batch_size < 1:
+        raise UserError("--batch_size must be >= 1")
+    method = _method(o)
+    t0 = time.time()
+    ctx = ir.context()
+    g = ir.load_graph(o.mlir_file, ctx)
+    pre = Preprocess.from_attrs(g.attrs.get("preprocess"))
+    nodes = g.node_map()
+    inputs = [nodes[n] for n in g.inputs]
+    ds = Dataset(inputs, pre, o.dataset, o.data_list)
+    tune_ds = Dataset(inputs, pre, data_list=o.tune_list) if o.tune_list else None
+    # outputs are checked writable before the long run, so a bad path fails at once
+    for path in filter(None, (o.output, o.save_mlir)):
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise UserError(f"{path}: cannot write into '{folder}'")
+    cfg = CalibrationConfig(method=method, input_num=o.input_num, tune_num=o.tune_num,
+                            histogram_bin_num=o.histogram_bin_num, batch_size=o.batch_size)
+    res = calibrate_graph(g, ds, cfg, tune_ds)
+    header = make_header(mlir=os.path.basename(o.mlir_file), method=method, histogram_bins=o.histogram_bin_num,
+                         samples=res.samples, tune_num=res.tune_samples)
+    write_cali_table(o.output, CaliTable(thresholds=dict(res.table), header=header))
+    attach(g, res.table, method)
+    if o.save_mlir:
+        ir.save_graph(g, o.save_mlir, ctx)
+    print(f"calibrated {len(res.table)} tensors on {res.samples} samples with {method}"
+          + (f", auto-tuned {len(res.tuned)} on {res.tune_samples}" if res.tuned else "")
+          + f" in {time.time() - t0:.1f}s -> {o.output}" + (f", {o.save_mlir}" if o.save_mlir else ""))
+    if o.kurtosis_analysis:
+        rows = sorted(((n, res.op_types[n], st.kurtosis) for n, st in res.stats.items()),
+                      key=lambda r: -r[2] if r[2] == r[2] else 0)
+        print(table(["tensor", "op", "kurtosis"], [list(r) for r in rows],
+                    title="kurtosis of activations (3 = Gaussian; large = heavy tails, hard to quantize):"))
+    if o.print_stats:
+        rows = []
+        for n, (th, lo, hi) in res.table.items():
+            st = res.stats[n]
+            tuned = res.tuned.get(n)
+            rows.append([n, res.op_types.get(n, ""), st.min, st.max, st.mean, st.std, th,
+                         th / st.absmax if st.absmax else 1.0, "" if tuned is None else f"{tuned[0]:.4g}"])
+        print(table(["tensor", "op", "min", "max", "mean", "std", "threshold", "th/absmax", "before tune"], rows,
+                    title="per-tensor statistics:"))
+    return 0

@@ -1,0 +1,205 @@
+"""Calibration: run samples through the float graph, stream statistics, compute thresholds, auto-tune them.
+
+The pieces are listeners on the interpreter (statistics: `stats.StatsCollector`; auto-tune: `AutoTuner`), so the
+interpreter itself is never forked. `calibrate_graph` is the library entry point used by the `tpu-cal calibrate`
+command and the `top-calibrate` pass; results land on the graph's ops as attributes (`cali.threshold`,
+`cali.min`, `cali.max`) and in a cali_table.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import thresholds as thr
+from .dataset import Dataset, Sample
+from .errors import UserError
+from .graph import Graph, Node
+from .interp.core import KERNELS, Interpreter, Listener
+from .stats import StatsCollector
+
+ATTR_TH, ATTR_MIN, ATTR_MAX = "cali.threshold", "cali.min", "cali.max"
+TUNE_CANDIDATES = 20
+# methods the seeds pair with auto-tune (kld+auto-tune, aciq+auto-tune); the others are final as computed
+TUNED_METHODS = ("kl", "aciq_gauss", "aciq_laplace")
+
+
+@dataclass
+class CalibrationResult:
+    table: dict[str, tuple[float, float, float]]          # op name -> (threshold, min, max)
+    stats: dict                                            # op name -> TensorStats
+    op_types: dict[str, str]
+    tuned: dict[str, tuple[float, float]] = field(default_factory=dict)   # op -> (before, after)
+    samples: int = 0
+    tune_samples: int = 0
+
+
+def progress(total: int, desc: str, unit: str = "sample"):
+    """A progress bar on stderr (tqdm), quiet when stderr is not a terminal unless forced by the caller."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False,
+                mininterval=0.5)
+
+
+def run_batches(interp: Interpreter, ds: Dataset, samples: list[Sample], batch_size: int, desc: str,
+                on_batch=None):
+    bar = progress(len(samples), desc)
+    try:
+        for first, feeds in ds.batches(samples, batch_size):
+            n = next(iter(feeds.values())).shape[0] // max(1, interp._declared_batch[interp.graph.inputs[0]])
+            for ls in interp.listeners:
+                if hasattr(ls, "set_samples"):
+                    ls.set_samples(first, n)
+            interp.run(feeds)
+            if on_batch:
+                on_batch(first, n)
+            bar.update(n)
+    finally:
+        bar.close()
+
+
+# ----------------------------------------------------------------------------- fake quantization helpers
+def fake_quant(x: np.ndarray, th: float, bits: int = 8) -> np.ndarray:
+    """Symmetric signed fake quantization: round(x / (th/qmax)) clipped to [-qmax-1, qmax], times the scale."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = np.float32(th / qmax)
+    q = np.clip(np.rint(x / scale), -qmax - 1, qmax)
+    return (q * scale).astype(np.float32)
+
+
+def fake_quant_per_channel(w: np.ndarray, axis: int, bits: int = 8) -> np.ndarray:
+    """Per-channel symmetric fake quantization of a weight along `axis` (zero channels stay zero)."""
+    qmax = 2 ** (bits - 1) - 1
+    red = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.abs(w).max(axis=red, keepdims=True) if red else np.abs(w)
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    return (np.clip(np.rint(w / scale), -qmax - 1, qmax) * scale).astype(np.float32)
+
+
+# the weight operand of each op with weights, and its output-channel axis (filters are [Cout, Cin/g, k...],
+# deconv filters [Cin, Cout/g, k...], matmul right-hand weights [..., K, N])
+WEIGHT_OPERANDS = {"top.conv": (1, 0), "top.deconv": (1, 1), "top.matmul": (1, -1)}
+
+
+def quantized_weights(graph: Graph) -> dict[str, np.ndarray]:
+    """top.weight name -> pseudo-quantized array, for the weights that ops quantize per channel."""
+    nodes = graph.node_map()
+    out = {}
+    for n in graph.nodes:
+        spec = WEIGHT_OPERANDS.get(n.op)
+        if spec is None or len(n.inputs) <= spec[0] or n.inputs[spec[0]] is None:
+            continue
+        src = nodes[n.inputs[spec[0]]]
+        if src.op == "top.weight" and np.issubdtype(graph.weights[src.attrs["name"]].dtype, np.floating):
+            w = graph.weights[src.attrs["name"]]
+            out[src.name] = fake_quant_per_channel(w, spec[1] % w.ndim)
+    return out
+
+
+class AutoTuner(Listener):
+    """Tunes each activation's threshold for each op that reads it (seeds: TPU-MLIR's auto-tune).
+
+    At every op, for each activation input t with a threshold: TUNE_CANDIDATES candidates spread evenly from the
+    initial threshold to t's abs-max; the input is fake-quantized with each, the op re-run with per-channel
+    pseudo-quantized weights and its other inputs in float, and the squared Euclidean distance to the float
+    output summed over the tune samples. The best candidate wins for that consumer; a tensor read by several
+    ops keeps the largest of their choices. Distances accumulate across batches, so memory does not grow.
+    """
+
+    def __init__(self, graph: Graph, table: dict, absmax: dict[str, float], n_candidates: int = TUNE_CANDIDATES):
+        self.nodes = graph.node_map()
+        self.qweights = quantized_weights(graph)
+        self.cands: dict[str, np.ndarray] = {}
+        for name, (th, _, _) in table.items():
+            amax = absmax.get(name, th)
+            self.cands[name] = (np.linspace(th, amax, n_candidates) if amax > th * (1 + 1e-6)
+                                else np.array([th]))
+        self.dist: dict[tuple[str, int], np.ndarray] = {}     # (consumer, input index) -> summed distances
+
+    def after_op(self, node: Node, inputs: list, output):
+        if node.op in ("top.input", "top.weight", "top.none") or node.op not in KERNELS:
+            return None
+        if not (isinstance(output, np.ndarray) and np.issubdtype(output.dtype, np.floating)):
+            return None
+        base = [self.qweights.get(src, x) if src is not None else None for src, x in zip(node.inputs, inputs)]
+        kernel = KERNELS[node.op]
+        for i, src in enumerate(node.inputs):
+            if src is None or src not in self.cands or src in self.qweights:
+                continue
+            cands = self.cands[src]
+            if len(cands) == 1:
+                continue
+            acc = self.dist.setdefault((node.name, i), np.zeros(len(cands)))
+            x = inputs[i]
+            for k, c in enumerate(cands):
+                args = list(base)
+                args[i] = fake_quant(x, c)
+                y = kernel(node, *args, shape=output.shape)
+                d = (y - output).astype(np.float32).ravel()
+                acc[k] += float(d @ d)
+        return None
+
+    def tuned(self) -> dict[str, float]:
+        """Tensor -> tuned threshold (max over its consumers)."""
+        best: dict[str, float] = {}
+        for (consumer, i), d in self.dist.items():
+            src = self.nodes[consumer].inputs[i]
+            th = float(self.cands[src][int(np.argmin(d))])
+            best[src] = max(best.get(src, 0.0), th)
+        return best
+
+
+@dataclass
+class CalibrationConfig:
+    method: str = "kl"
+    input_num: int = 0            # 0 = every sample of the dataset
+    tune_num: int = 10
+    histogram_bin_num: int = 2048
+    batch_size: int = 16
+    seed: int = 0
+
+
+def calibrate_graph(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: Dataset | None = None) \
+        -> CalibrationResult:
+    method = thr.canonical_method(cfg.method)
+    bins = cfg.histogram_bin_num
+    if bins < 16 or bins & (bins - 1):
+        raise UserError(f"--histogram_bin_num must be a power of two >= 16, got {bins}")
+    samples = ds.take(cfg.input_num)
+    col = StatsCollector(bins=bins)
+    run_batches(Interpreter(graph, [col]), ds, samples, cfg.batch_size, f"calibrate ({method})")
+    table = thr.compute_table(col.stats, method, op_types=col.op_types)
+    # graph inputs keep their full range: clipping raw input data loses information no later layer recovers
+    for name in graph.inputs:
+        st = col.stats.get(name)
+        if st is not None and name in table and st.absmax > 0:
+            table[name] = (float(st.absmax), table[name][1], table[name][2])
+    result = CalibrationResult(table, col.stats, col.op_types, samples=len(samples))
+    if cfg.tune_num > 0 and method in TUNED_METHODS:
+        tsrc = tune_ds or ds
+        tune_samples = tsrc.take(cfg.tune_num, "--tune_num")
+        absmax = {k: float(st.absmax) for k, st in col.stats.items()}
+        tuner = AutoTuner(graph, table, absmax)
+        run_batches(Interpreter(graph, [tuner]), tsrc, tune_samples, cfg.batch_size, "auto-tune")
+        for name, th in tuner.tuned().items():
+            before = table[name][0]
+            table[name] = (th, table[name][1], table[name][2])
+            result.tuned[name] = (before, th)
+        result.tune_samples = len(tune_samples)
+    return result
+
+
+def attach(graph: Graph, table: dict[str, tuple[float, float, float]], method: str | None = None) -> int:
+    """Puts thresholds on the graph's ops as attributes; returns how many ops got one."""
+    n = 0
+    for node in graph.nodes:
+        e = table.get(node.name)
+        if e is None or node.op in ("top.weight", "top.none"):
+            continue
+        node.extra[ATTR_TH], node.extra[ATTR_MIN], node.extra[ATTR_MAX] = (float(v) for v in e)
+        n += 1
+    graph.attrs["state"] = "calibrated"
+    if method:
+        graph.attrs["cali_method"] = method
+    return n
