@@ -7,7 +7,7 @@
 // RUN: not tpu-cal-opt %s.missing -p top-dce 2>&1 | filecheck %s --check-prefix=MISSING
 // RUN: not tpu-cal-opt %s --no-such-flag 2>&1 | filecheck %s --check-prefix=FLAG
 
-// UNKNOWN: tpu-cal-opt: error: unknown pass 'top-nonexistent': neither a tpu_cal pass (top-dce{{.*}}) nor a registered MLIR pass
+// UNKNOWN: tpu-cal-opt: error: unknown pass 'top-nonexistent': neither a tpu_cal pass ({{.*}}top-dce{{.*}}) nor a registered MLIR pass
 // UNKNOWN-NOT: Traceback
 // OPTION: tpu-cal-opt: error: top-dce: unknown option 'bogus'
 // UPSTREAM-OPTION: tpu-cal-opt: error: invalid pipeline element 'canonicalize{max-iterations=many}': {{.*}}'many' value invalid
