@@ -13,7 +13,7 @@ import numpy as np
 
 from .ops import VARIADIC_SLOTS, opdef
 
-_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64", "i64": "int64",
+_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i64": "int64",
            "i32": "int32", "i16": "int16", "i8": "int8", "ui8": "uint8", "i1": "bool"}
 _ELEM = {v: k for k, v in _DTYPES.items()}
 
@@ -44,6 +44,12 @@ class Node:
     dtype: str = "float32"
     extra: dict = field(default_factory=dict)   # undeclared attributes (calibration, precision, ...)
     result_type: str | None = None   # overrides the tensor type built from shape/dtype (quantized types)
+
+    @property
+    def qtype(self):
+        """The QType of a quantized result (tpu_cal.quant), else None."""
+        from .quant import parse_qtype
+        return parse_qtype(self.result_type) if self.result_type else None
 
     @property
     def type_text(self) -> str:
@@ -177,11 +183,18 @@ def _type_info(t):
     """(shape, numpy dtype name, raw type text or None) of a result type."""
     from mlir import ir
 
+    from .quant import parse_qtype
+
     rt = ir.RankedTensorType(t)
     et = str(rt.element_type)
+    if et in ("f16", "bf16"):
+        # held as float32 arrays whose values are rounded to the type (numpy has no bfloat16)
+        return tuple(rt.shape), "float32", str(t)
     if et in _DTYPES:
         return tuple(rt.shape), _DTYPES[et], None
-    # quantized or other element types: keep the text; the storage dtype is decided by the lowering
+    q = parse_qtype(et)
+    if q is not None:   # quantized: the array holds the storage integers
+        return tuple(rt.shape), np.dtype(q.dtype).name, str(t)
     return tuple(rt.shape), "float32", str(t)
 
 
