@@ -65,6 +65,8 @@ def calibrate(o: CalibrateOptions) -> int:
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise UserError(f"{path}: cannot write into '{folder}'")
+        if os.path.isdir(path):
+            raise UserError(f"{path}: is a folder; give a file name")
     cfg = CalibrationConfig(method=method, input_num=o.input_num, tune_num=o.tune_num,
                             histogram_bin_num=o.histogram_bin_num, batch_size=o.batch_size)
     res = calibrate_graph(g, ds, cfg, tune_ds)

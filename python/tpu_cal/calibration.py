@@ -39,7 +39,39 @@ def progress(total: int, desc: str, unit: str = "sample"):
     """A progress bar on stderr (tqdm), quiet when stderr is not a terminal unless forced by the caller."""
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False,
-                mininterval=0.5)
+                mininterval=0.5, disable=None)          # None: off when stderr is not a terminal
+
+
+class _NonFinite(Exception):
+    def __init__(self, node: Node, kind: str):
+        self.node, self.kind = node, kind
+
+
+class _FindNonFinite(Listener):
+    """Stops a run at the first op whose floating-point output holds NaN or Inf."""
+
+    def after_op(self, node: Node, inputs: list, output):
+        a = output if isinstance(output, np.ndarray) else None
+        if node.op in ("top.weight", "top.none") or a is None or a.dtype.kind != "f":
+            return None
+        if not np.isfinite(a).all():
+            raise _NonFinite(node, "NaN" if np.isnan(a).any() else "Inf")
+        return None
+
+
+def _name_nonfinite_sample(graph: Graph, ds: Dataset, batch: list[Sample]) -> UserError | None:
+    """Re-runs a failed batch one sample at a time; an error naming the op and the sample's file, or None when
+    no sample produces NaN/Inf on its own."""
+    finder = Interpreter(graph, [_FindNonFinite()])
+    for s in batch:
+        try:
+            with np.errstate(all="ignore"):
+                finder.run(ds.load(s))
+        except _NonFinite as e:
+            where = s.where if s.files == [s.where] else f"{s.where} ({', '.join(s.files)})"
+            return UserError(f"op '{e.node.name}' ({e.node.op}) produced {e.kind} on sample {where}; check the "
+                             f"calibration data and the model")
+    return None
 
 
 def run_batches(interp: Interpreter, ds: Dataset, samples: list[Sample], batch_size: int, desc: str,
@@ -51,7 +83,15 @@ def run_batches(interp: Interpreter, ds: Dataset, samples: list[Sample], batch_s
             for ls in interp.listeners:
                 if hasattr(ls, "set_samples"):
                     ls.set_samples(first, n)
-            interp.run(feeds)
+            try:
+                # NaN/Inf are caught by the statistics (and named below), not printed as numpy warnings
+                with np.errstate(all="ignore"):
+                    interp.run(feeds)
+            except (UserError, _NonFinite):
+                named = _name_nonfinite_sample(interp.graph, ds, samples[first:first + n])
+                if named is None:
+                    raise
+                raise named from None
             if on_batch:
                 on_batch(first, n)
             bar.update(n)
@@ -181,7 +221,8 @@ def calibrate_graph(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: 
         tune_samples = tsrc.take(cfg.tune_num, "--tune_num")
         absmax = {k: float(st.absmax) for k, st in col.stats.items()}
         tuner = AutoTuner(graph, table, absmax)
-        run_batches(Interpreter(graph, [tuner]), tsrc, tune_samples, cfg.batch_size, "auto-tune")
+        # a --tune_list sample was never seen by the statistics: NaN/Inf there must stop the run, not tune
+        run_batches(Interpreter(graph, [_FindNonFinite(), tuner]), tsrc, tune_samples, cfg.batch_size, "auto-tune")
         for name, th in tuner.tuned().items():
             before = table[name][0]
             table[name] = (th, table[name][1], table[name][2])

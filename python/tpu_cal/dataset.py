@@ -38,7 +38,8 @@ class Dataset:
 
     def _from_folder(self, folder: str) -> list[Sample]:
         if not os.path.isdir(folder):
-            raise UserError(f"{folder}: dataset folder not found")
+            raise UserError(f"{folder}: " + ("not a folder (--dataset takes a folder; a list of files goes to "
+                                             "--data_list)" if os.path.exists(folder) else "dataset folder not found"))
         try:
             names = sorted(os.listdir(folder))
         except OSError as e:

@@ -89,13 +89,24 @@ def _to_pixel_format(img: np.ndarray, fmt: str) -> np.ndarray:
 
 
 def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear resize (half-pixel centres, as OpenCV's INTER_LINEAR) of HxWxC float32."""
+    """Bilinear resize (half-pixel centres, edges clamped, no antialiasing: OpenCV's INTER_LINEAR, which
+    TPU-MLIR's preprocessing uses) of HxWxC float32. PIL's BILINEAR is not that: it widens its filter when
+    shrinking, so a 2x smaller input would be smoothed differently from what the deployed model sees."""
+    img = np.asarray(img, np.float32)
     if img.shape[:2] == (h, w):
-        return img.astype(np.float32)
-    from PIL import Image
-    chans = [np.asarray(Image.fromarray(img[:, :, k].astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
-             for k in range(img.shape[2])]
-    return np.stack(chans, axis=2)
+        return img
+
+    def taps(n_in: int, n_out: int):
+        src = np.clip((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+        i0 = np.floor(src).astype(np.intp)
+        return i0, np.minimum(i0 + 1, n_in - 1), (src - i0).astype(np.float32)
+
+    r0, r1, fr = taps(img.shape[0], h)
+    fr = fr[:, None, None]
+    rows = img[r0] * (1 - fr) + img[r1] * fr
+    c0, c1, fc = taps(img.shape[1], w)
+    fc = fc[None, :, None]
+    return np.ascontiguousarray(rows[:, c0] * (1 - fc) + rows[:, c1] * fc, dtype=np.float32)
 
 
 def load_image(path: str) -> np.ndarray:

@@ -200,9 +200,15 @@ class TensorStats:
         self.mean += dn * nb
         self.count = n
 
-    def _ensure_range(self, absmax: float) -> None:
+    def _ensure_range(self, absmax: float, exact: bool = False) -> None:
         if self._scale == 0:
-            scale = np.float32(self.side / absmax)
+            # one-pass: the bin width is a power of two, so after any growth it is the smallest power of two
+            # covering the final abs-max, whatever the batching (tables do not depend on --batch_size);
+            # exact (two-pass): the range is exactly [-absmax, absmax]
+            scale = np.float32(self.side / absmax) if exact else \
+                np.float32(2.0 ** -math.ceil(math.log2(absmax / self.side)))
+            if not math.isfinite(float(scale)):
+                scale = np.float32(self.side / absmax)
             if float(scale) * absmax > self.side:     # round down so that |x| * scale <= side
                 scale = np.nextafter(scale, np.float32(0))
             if not float(scale) > 0:
@@ -233,7 +239,7 @@ class TensorStats:
         self._scale = 0.0
         self._unbinned_zeros = 0
         if self.count and self.absmax > 0:
-            self._ensure_range(self.absmax)
+            self._ensure_range(self.absmax, exact=True)
         self._collect_moments = False
         self._collect_hist = True
 
@@ -317,20 +323,29 @@ class TensorStats:
         total += self.n_zero * (abs(self.mean) - dev[self.side])
         return total / n
 
+    def _kth(self, c: np.ndarray, k: int) -> float:
+        """Estimate of the k-th smallest value (0-based): inside its bin, values are taken as evenly spread."""
+        b = min(int(np.searchsorted(c, k + 1, side="left")), c.size - 1)
+        below = int(c[b - 1]) if b else 0
+        frac = (k - below + 0.5) / max(int(self.hist[b]), 1)
+        v = (b - self.side + min(max(frac, 0.0), 1.0)) * self.width
+        return min(max(v, self.min), self.max)
+
     def quantile(self, q: float) -> float:
-        """The q-quantile (0..1) of the signed values, interpolated linearly inside the bin where the
-        cumulative count crosses q*(n-1); within one bin width of the exact value (clamped to [min, max])."""
+        """The q-quantile (0..1) of the signed values as np.percentile defines it: linear interpolation between
+        the k-th and (k+1)-th smallest values at rank q*(n-1), each estimated from its bin (so within about
+        one bin width of the exact value; clamped to [min, max])."""
         if not self.has_histogram:
             return 0.0
         c = np.cumsum(self.hist)
         n = int(c[-1])
-        target = q * (n - 1) + 0.5                 # rank of the q-quantile, as a position in 0..n
-        b = int(np.searchsorted(c, target, side="left"))
-        b = min(b, c.size - 1)
-        below = c[b - 1] if b else 0
-        frac = (target - below) / max(int(self.hist[b]), 1)
-        v = (b - self.side + min(max(frac, 0.0), 1.0)) * self.width
-        return float(min(max(v, self.min), self.max))
+        if n == 0:
+            return 0.0
+        rank = q * (n - 1)
+        k = int(math.floor(rank))
+        lo = self._kth(c, k)
+        hi = self._kth(c, min(k + 1, n - 1))
+        return float(lo + (rank - k) * (hi - lo))
 
     def array_nbytes(self) -> int:
         """Bytes held in arrays by this object (constant for its lifetime: the memory test reads it)."""

@@ -17,10 +17,8 @@ Bounded outputs. Sigmoid, hard-sigmoid and softmax produce values in [0, 1] (tan
 noise there is at most ``1/(2*127)`` at full range, so clipping buys little, while a clipped threshold
 destroys exactly the values that matter (saturated gates, the winning probability). TPU-MLIR's KLD gives a
 [0, 1] sigmoid output 0.0625 (its importer then ignores the table and forces [0, 1] for sigmoid and
-softmax). Our rule, for an op with known output bounds: the threshold is raised, if needed, to the smallest
-bin edge t whose clipping error ``sum((|x| - t)^2 for |x| > t)`` is at most ``BOUNDED_CLIP_ENERGY`` (1e-4) of
-the tensor's energy ``sum(x^2)``, i.e. clipping may cost at most -40 dB of signal; a method whose threshold
-already clips less than that is kept. `output_bounds` knows which ops are bounded.
+softmax). Our rule, for an op with known output bounds: the threshold is the observed abs-max (never above
+the bound), whatever the method says. `output_bounds` knows which ops are bounded.
 
 Method notes (facts from the TPU-MLIR calibration chapter and its reference implementation):
 
@@ -60,7 +58,6 @@ from .errors import UserError
 from .stats import TensorStats
 
 ZERO_FALLBACK = 1e-5
-BOUNDED_CLIP_ENERGY = 1e-4
 MIN_FRACTION = 1e-6
 
 # ops whose output range is known from the op type alone
@@ -300,25 +297,7 @@ def canonical_method(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------- final thresholds
-def clip_energy_threshold(st: TensorStats, eps: float = BOUNDED_CLIP_ENERGY) -> float:
-    """The smallest bin edge t with sum((|x|-t)^2, |x|>t) <= eps * sum(x^2), from the abs histogram."""
-    counts, w = st.abs_histogram(include_zeros=False)
-    c = counts.astype(np.float64)
-    if w == 0 or c.sum() == 0:
-        return st.absmax
-    centres = (np.arange(c.size) + 0.5) * w
-    # tail sums over bins j >= k
-    a0 = np.cumsum(c[::-1])[::-1]
-    a1 = np.cumsum((c * centres)[::-1])[::-1]
-    a2 = np.cumsum((c * centres * centres)[::-1])[::-1]
-    t = np.arange(c.size) * w
-    err = a2 - 2 * t * a1 + t * t * a0
-    ok = np.flatnonzero(err <= eps * a2[0])
-    return float(ok[0] * w) if ok.size else st.absmax
-
-
-def finalize(th: float, st: TensorStats, bounds: tuple[float, float] | None = None,
-             clip_energy: float = BOUNDED_CLIP_ENERGY) -> float:
+def finalize(th: float, st: TensorStats, bounds: tuple[float, float] | None = None) -> float:
     """A positive finite threshold from a method's raw answer (rules in the module docstring)."""
     if st.count == 0 or st.absmax == 0:
         return ZERO_FALLBACK
@@ -328,7 +307,9 @@ def finalize(th: float, st: TensorStats, bounds: tuple[float, float] | None = No
     if not (math.isfinite(th) and th > 0):
         th = amax
     if bounds is not None:
-        th = max(th, clip_energy_threshold(st, clip_energy))
+        # a bounded output (sigmoid, softmax, ...) keeps its whole observed range: 127 levels over [0, 1] are
+        # fine resolution, while clipping saturated values (text maps, confidences) destroys what they mean
+        th = amax
     return float(min(max(th, amax * MIN_FRACTION), amax))
 
 
