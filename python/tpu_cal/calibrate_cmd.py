@@ -72,10 +72,10 @@ def calibrate(o: CalibrateOptions) -> int:
     res = calibrate_graph(g, ds, cfg, tune_ds)
     header = make_header(mlir=os.path.basename(o.mlir_file), method=method, histogram_bins=o.histogram_bin_num,
                          samples=res.samples, tune_num=res.tune_samples)
-    write_cali_table(o.output, CaliTable(thresholds=dict(res.table), header=header))
     attach(g, res.table, method)
-    if o.save_mlir:
+    if o.save_mlir:     # the module first: the table is the last thing written, so it only exists when all worked
         ir.save_graph(g, o.save_mlir, ctx)
+    write_cali_table(o.output, CaliTable(thresholds=dict(res.table), header=header))
     print(f"calibrated {len(res.table)} tensors on {res.samples} samples with {method}"
           + (f", auto-tuned {len(res.tuned)} on {res.tune_samples}" if res.tuned else "")
           + f" in {time.time() - t0:.1f}s -> {o.output}" + (f", {o.save_mlir}" if o.save_mlir else ""))

@@ -197,7 +197,6 @@ class CalibrationConfig:
     tune_num: int = 10
     histogram_bin_num: int = 2048
     batch_size: int = 16
-    seed: int = 0
 
 
 def calibrate_graph(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: Dataset | None = None) \

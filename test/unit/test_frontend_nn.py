@@ -95,7 +95,7 @@ def test_conv(onnx_check, case):
                                    ((1, 2), (2, 2, 2, 2), (2, 2)), ((2, 1), (0, 0, 0, 0), (1, 3))])
 @pytest.mark.parametrize("hw", [(7, 7), (30, 33)])
 def test_depthwise_methods_agree(s, p, d, hw):
-    """Both depthwise methods (Toeplitz matmul, shifted multiply-adds) against a float64 im2col reference."""
+    """Both depthwise methods (banded Toeplitz matmuls, flat multiply-adds) against a float64 im2col reference."""
     from tpu_cal.interp.kernels import nn as K
     x = rand(2, 5, *hw)
     w = rand(5, 3, 3)
@@ -105,10 +105,14 @@ def test_depthwise_methods_agree(s, p, d, hw):
     OW = K.out_size(hw[1], 3, s[1], d[1], p[1], p[3])
     ref = K._im2col_conv(x.astype(np.float64), w.reshape(5, 1, 3, 3).astype(np.float64), b.astype(np.float64),
                          k, list(s), list(p), list(d), 5, OH, OW)
-    for fn in (K._dw_toeplitz, K._dw_shift):
-        y = fn(x, w, b, k, list(s), list(p), list(d), OH, OW)
+    runs = {"flat": lambda: K._dw_flat(x, w, b, k, list(s), list(p), list(d), OH, OW),
+            "flat_nobias": lambda: K._dw_flat(x, w, None, k, list(s), list(p), list(d), OH, OW) + b[:, None, None]}
+    for bh in (1, 2, 3, OH):
+        runs[f"band{bh}"] = lambda bh=bh: K._dw_band(x, w, b, k, list(s), list(p), list(d), OH, OW, bh)
+    for name, fn in runs.items():
+        y = fn()
         assert y.dtype == np.float32
-        np.testing.assert_allclose(y, ref, atol=2e-5, err_msg=fn.__name__)
+        np.testing.assert_allclose(y, ref, atol=2e-5, err_msg=name)
 
 
 # ----------------------------------------------------------------------------------------------- ConvTranspose
@@ -119,6 +123,9 @@ DECONV_CASES = {
     "groups": dict(c=4, co=6, k=(3, 3), g=2, attrs=dict(strides=[2, 2], pads=[1, 1, 1, 1])),
     "dilation": dict(c=2, co=3, k=(3, 3), attrs=dict(dilations=[2, 2], strides=[1, 2])),
     "output_shape": dict(c=3, co=2, k=(3, 3), attrs=dict(strides=[2, 2], output_shape=[13, 12])),
+    "output_shape_upper": dict(c=3, co=2, k=(3, 3), attrs=dict(strides=[2, 2], output_shape=[12, 14],
+                                                               auto_pad="SAME_UPPER")),
+    "output_shape_larger": dict(c=3, co=2, k=(3, 3), attrs=dict(strides=[2, 2], output_shape=[14, 16])),
     "same_upper": dict(c=3, co=2, k=(3, 3), attrs=dict(strides=[2, 2], auto_pad="SAME_UPPER")),
     "same_lower": dict(c=3, co=2, k=(4, 4), attrs=dict(strides=[2, 2], auto_pad="SAME_LOWER")),
     "nobias": dict(c=3, co=2, k=(3, 3), attrs=dict(strides=[1, 1]), bias=False),
@@ -441,3 +448,23 @@ def test_errors_name_the_node(tmp_path, op, attrs, inits, extra, msg):
     with pytest.raises(UserError) as e:
         import_onnx(p, ImportOptions(input_shapes=[(1, 3, 6, 6)]))
     assert "'n0'" in str(e.value) and msg in str(e.value) and op in str(e.value)
+
+
+def test_efficientnet_unavailable_names_the_reason(tmp_path, monkeypatch):
+    """A missing package is a ModelUnavailable with the reason (tests turn it into a skip that prints it)."""
+    import sys
+    from tpu_cal.zoo import ModelUnavailable
+    from tpu_cal.zoo import efficientnet as eff
+    monkeypatch.setenv("TPU_CAL_CACHE", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)   # import fails
+    with pytest.raises(ModelUnavailable, match="efficientnet-lite-pytorch"):
+        eff.efficientnet_lite0()
+    assert not list(tmp_path.rglob("*.onnx"))
+
+
+def test_efficientnet_preprocess_shape():
+    from tpu_cal.zoo import efficientnet as eff
+    img = (RNG.random((300, 451, 3)) * 255).astype(np.uint8)
+    x = eff.preprocess(img)
+    assert x.shape == (3, 224, 224) and x.dtype == np.float32
+    assert -1.0 <= x.min() and x.max() <= 1.0

@@ -378,7 +378,8 @@ def pad(imp, node):
     if not any(pads):
         return x
     y = imp.emit("top.pad", [x], {"pads": pads, "mode": mode, "value": value})
-    _state(imp)["pads"][y.name] = (x, pads, mode, value)
+    if not y.const:
+        _state(imp)["pads"][y.name] = (x, pads, mode, value)
     return y
 
 

@@ -1,12 +1,14 @@
 """Convolution-family kernels: conv, deconv, pools, scale, prelu, group_norm, pad, resize, depth/space moves.
 
 Everything stays float32 (no float64 temporaries on activations). Layout is NCHW as the graph declares; 1-D ops
-run as 2-D with a unit height. Performance notes (2 cores, numpy + OpenBLAS):
-- pointwise conv is one batched matmul W @ x[n] per sample (no im2col);
-- general conv is im2col through an `as_strided` window view, copied per chunk of samples, then one matmul;
-- depthwise conv picks, per layer, the cheaper of two exact methods (see `_depthwise`): shifted multiply-adds on
-  flattened planes (large planes) or a per-channel Toeplitz matmul along the width (small planes, where the
-  multiply-add inner loops would be short).
+run as 2-D with a unit height. How conv is made fast with numpy + OpenBLAS (measured on 2 cores, batch 32
+EfficientNet-Lite0; see bench/interp.py):
+- pointwise conv: one matmul W @ x[n] per sample, the bias added while the sample's output is in cache;
+- general conv: im2col through an `as_strided` window view, copied a few samples at a time (cache-sized), then
+  one grouped matmul;
+- depthwise conv: per layer the cheaper of banded Toeplitz matmuls (narrow planes) and flat shifted
+  multiply-adds on stride phases (wide planes), see `_depthwise`. numba was measured too: a straightforward
+  JIT kernel was about 2x slower than this hybrid, so the code stays pure numpy.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..core import impl
 
 F32 = np.float32
-_CHUNK_BYTES = 48 << 20        # bound on im2col / temporary buffers per chunk
+_CHUNK_BYTES = 4 << 20         # im2col buffer per chunk of samples (cache-sized: measured best)
 
 
 # ----------------------------------------------------------------------------------------------- geometry helpers
@@ -57,10 +59,10 @@ _POOL = None
 
 
 def _pool() -> ThreadPoolExecutor | None:
-    """A small worker pool for chunked elementwise loops (numpy releases the GIL inside ufunc loops)."""
+    """Helper threads for chunked loops (numpy releases the GIL inside ufunc and BLAS calls)."""
     global _POOL
-    n = min(os.cpu_count() or 1, 4)
-    if n <= 1:
+    n = min(os.cpu_count() or 1, 4) - 1     # the calling thread works too
+    if n <= 0:
         return None
     if _POOL is None:
         _POOL = ThreadPoolExecutor(n, thread_name_prefix="tpu_cal_kernel")
@@ -68,16 +70,25 @@ def _pool() -> ThreadPoolExecutor | None:
 
 
 def _parallel(fn, chunks):
-    """Runs fn(chunk) for every chunk, spread over the worker pool in contiguous runs."""
+    """Runs fn(chunk) for every chunk on the calling thread and the helpers; each takes the next chunk when it is
+    done with one (dynamic scheduling: a core slowed by other load just takes fewer chunks)."""
     pool = _pool()
-    if pool is None or len(chunks) < 4:
+    if pool is None or len(chunks) < 2:
         for c in chunks:
             fn(c)
         return
-    n = pool._max_workers
-    per = -(-len(chunks) // n)
-    runs = [chunks[i:i + per] for i in range(0, len(chunks), per)]
-    list(pool.map(lambda r: [fn(c) for c in r], runs))
+    todo = iter(chunks)     # list iterators hand out items atomically under the GIL
+
+    def worker():
+        for c in todo:
+            fn(c)
+
+    futures = [pool.submit(worker) for _ in range(min(pool._max_workers, len(chunks) - 1))]
+    try:
+        worker()
+    finally:
+        for f in futures:
+            f.result()
 
 
 def _chunks(total: int, per: int):
@@ -121,13 +132,16 @@ def _conv2d(x, w, b, k, s, p, d, g):
 
 
 def _pointwise(x, w2, b):
+    """1x1 convolution: one matmul W @ x[n] per sample, the bias added while that sample is still in cache."""
     N, C, H, W = x.shape
     Co = w2.shape[0]
     xr = x.reshape(N, C, H * W) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(N, C, H * W)
     out = np.empty((N, Co, H * W), x.dtype)
-    np.matmul(w2, xr, out=out)
-    if b is not None:
-        out += b[:, None]
+    bb = None if b is None else b[:, None]
+    for n in range(N):
+        np.matmul(w2, xr[n], out=out[n])
+        if bb is not None:
+            out[n] += bb
     return out.reshape(N, Co, H, W)
 
 
@@ -188,120 +202,134 @@ def _conv_nd(x, w, b, k, s, p, d, g):
 def _depthwise(x, w, b, k, s, p, d, OH, OW):
     """Depthwise 2-D convolution (one filter per channel), exact in float32.
 
-    Two methods, chosen per layer by a cost model measured on numpy + OpenBLAS:
-    - `_dw_toeplitz`: for each channel, out[n, oh, :] = sum_i x[n, oh*s + i*d - p, :] @ T[c, i] where T[c, i] is
-      the (W x OW) banded matrix of filter row i. One batched matmul per filter row; BLAS speed, W/k times the
-      arithmetic. Wins when planes are narrow (late layers: 7x7, 14x14, 28x28).
-    - `_dw_shift`: shifted multiply-adds accumulated in place on flattened, zero-padded planes, chunked so the
-      working set stays in cache, spread over the worker pool. Wins on wide planes.
+    Two methods, chosen per layer by a cost model fitted on numpy + OpenBLAS (2 cores):
+    - `_dw_band` (narrow planes: the late layers, 7x7 to 28x28): banded Toeplitz matmuls. Output rows are taken
+      in bands of `Bh`; for each channel the band is x[n, c, input rows of the band] @ T[c] where T[c] holds the
+      filter at every (input pixel, output pixel) pair. The input rows of a band are contiguous, so x is read in
+      place as a BLAS operand and results land in place in the output: no im2col. BLAS speed at (band height x
+      width) / k^2 times the arithmetic.
+    - `_dw_flat` (wide planes): multiply-adds on flattened planes. A tap is then one shift of the whole plane, so
+      each multiply-add is a single long contiguous loop; strides are handled by splitting the padded input into
+      stride phases (each tap reads one phase with a unit stride). Chunked so the working set stays in cache,
+      spread over the worker pool.
     """
     N, C, H, W = x.shape
     kk = k[0] * k[1]
-    shift_cost = N * C * OH * (W + p[1] + p[3]) * kk * 0.45      # ns: two ufunc passes per tap
-    toe_cost = N * C * OH * OW * k[0] * W * 0.05 + N * C * H * W * 0.5  # ns: BLAS flops + the copies
-    if toe_cost < shift_cost:
-        return _dw_toeplitz(x, w, b, k, s, p, d, OH, OW)
-    return _dw_shift(x, w, b, k, s, p, d, OH, OW)
+    PW = OW + ((k[1] - 1) * d[1]) // s[1]
+    flat_ns = 0.35 * N * C * OH * PW * kk + 0.5 * N * C * H * W
+    Bh = _band_height(OH, OW)
+    Hb = (Bh - 1) * s[0] + (k[0] - 1) * d[0] + 1
+    band_ns = 0.06 * N * C * OH * OW * Hb * W / Bh + 1000.0 * C * (-(-OH // Bh)) + 0.5 * N * C * H * W
+    if band_ns < flat_ns:
+        return _dw_band(x, w, b, k, s, p, d, OH, OW, Bh)
+    return _dw_flat(x, w, b, k, s, p, d, OH, OW)
 
 
-def _dw_toeplitz(x, w, b, k, s, p, d, OH, OW):
+def _band_height(OH: int, OW: int) -> int:
+    return max(1, min(OH, -(-32 // max(OW, 1))))
+
+
+def _dw_band(x, w, b, k, s, p, d, OH, OW, Bh, t_bytes=16 << 20):
     N, C, H, W = x.shape
-    # T[c, i, col, ow] = w[c, i, j] where col = ow*s1 + j*d1 - p_left lies inside the row
-    T = np.zeros((C, k[0], W, OW), x.dtype)
-    for j in range(k[1]):
-        for ow in range(OW):
-            col = ow * s[1] + j * d[1] - p[1]
-            if 0 <= col < W:
-                T[:, :, col, ow] += w[:, :, j]
-    # rows[c, n, oh, i, :] = x[n, c, oh*s0 + i*d0 - p_top, :] (zero outside): one strided copy per filter row
-    A = np.empty((C, N, OH, k[0], W), x.dtype)
-    xt = x.transpose(1, 0, 2, 3)
-    for i in range(k[0]):
-        lo, hi, r0 = _tap_range(H, OH, s[0], i * d[0] - p[0])
-        if lo > 0:
-            A[:, :, :lo, i] = 0
-        if hi < OH:
-            A[:, :, hi:, i] = 0
-        if hi > lo:
-            A[:, :, lo:hi, i] = xt[:, :, r0:r0 + (hi - lo - 1) * s[0] + 1:s[0]]
-    Y = np.matmul(A.reshape(C, N * OH, k[0] * W), T.reshape(C, k[0] * W, OW))
-    out = np.empty((N, C, OH, OW), x.dtype)
-    Yt = Y.reshape(C, N, OH, OW).transpose(1, 0, 2, 3)
-    if b is not None:
-        np.add(Yt, b[:, None, None], out=out)
+    kh, kw = k
+    span = (kh - 1) * d[0] + 1
+    Hb = (Bh - 1) * s[0] + span
+    # rows of zeros above and below (only when the vertical padding is read), so every band is a plain slice
+    top = p[0]
+    Hp = max((OH - 1) * s[0] + span, top + H)
+    if top or Hp > H:
+        xv = np.zeros((N, C, Hp, W), x.dtype)
+        xv[:, :, top:top + H] = x
     else:
-        np.copyto(out, Yt)
-    return out
+        xv = np.ascontiguousarray(x)
+    # T[c, r*W + col, o*OW + ow] = w[c, i, j] for input row r = o*s0 + i*d0 (band-relative), col inside the row
+    o, ow, i, j = np.meshgrid(np.arange(Bh), np.arange(OW), np.arange(kh), np.arange(kw), indexing="ij")
+    col = ow * s[1] + j * d[1] - p[1]
+    ok = (col >= 0) & (col < W)
+    rows = ((o * s[0] + i * d[0]) * W + col)[ok]
+    cols = (o * OW + ow)[ok]
+    tap = (i * kw + j)[ok]
+    wf = w.reshape(C, kh * kw)
+    out = np.empty((N, C, OH * OW), x.dtype)
+    xf = xv.reshape(N, C, Hp * W)
+    cper = max(1, t_bytes // (Hb * W * Bh * OW * x.itemsize))
+
+    def work(c):
+        c0, c1 = c
+        T = np.zeros((c1 - c0, Hb * W, Bh * OW), x.dtype)
+        T[:, rows, cols] = wf[c0:c1, tap]
+        for o0 in range(0, OH, Bh):
+            nb = min(Bh, OH - o0)
+            hb = (nb - 1) * s[0] + span
+            r0 = o0 * s[0]
+            a = xf[:, c0:c1, r0 * W:(r0 + hb) * W].transpose(1, 0, 2)
+            np.matmul(a, T[:, :hb * W, :nb * OW], out=out[:, c0:c1, o0 * OW:(o0 + nb) * OW].transpose(1, 0, 2))
+        if b is not None:
+            out[:, c0:c1] += b[c0:c1, None]
+
+    chunks = _chunks(C, min(cper, -(-C // 4)))
+    _parallel(work, chunks)
+    return out.reshape(N, C, OH, OW)
 
 
-def _dw_shift(x, w, b, k, s, p, d, OH, OW):
+def _dw_flat(x, w, b, k, s, p, d, OH, OW, chunk_bytes=2 << 20):
     N, C, H, W = x.shape
     R = N * C
-    if s == [1, 1]:
-        # flattened zero-padded planes: tap (i, j) is a shift by i*d0*Wp + j*d1 of the whole plane, so every
-        # multiply-add runs over one long contiguous row; outputs land on a Wp-wide grid, cropped at the end
-        Hp, Wp = H + p[0] + p[2], W + p[1] + p[3]
-        xp = np.zeros((R, Hp * Wp + (k[1] - 1) * d[1] + Wp), x.dtype)
-        xp[:, :Hp * Wp].reshape(R, Hp, Wp)[:, p[0]:p[0] + H, p[1]:p[1] + W] = x.reshape(R, H, W)
-        L = OH * Wp
-        shifts = [(i * d[0] * Wp + j * d[1], i, j) for i in range(k[0]) for j in range(k[1])]
-        out = np.empty((R, OH, OW), x.dtype)
-        wr = w.reshape(C, k[0], k[1])
-        per = max(1, (96 << 10) // (L * x.itemsize))
+    x3 = x.reshape(R, H, W)
+    kh, kw = k
+    kk = kh * kw
+    # group the taps by stride phase: tap (i, j) reads phase (i*d0 % s0, j*d1 % s1) at offset (i*d0//s0, j*d1//s1)
+    by_phase: dict = {}
+    for i in range(kh):
+        for j in range(kw):
+            key = ((i * d[0]) % s[0], (j * d[1]) % s[1])
+            by_phase.setdefault(key, []).append((i * kw + j, (i * d[0]) // s[0], (j * d[1]) // s[1]))
+    PH = OH + ((kh - 1) * d[0]) // s[0] + 1          # one spare row absorbs the shifts of the last row
+    PW = OW + ((kw - 1) * d[1]) // s[1]
+    L = OH * PW                                       # outputs computed on a PW-wide grid, cropped at the end
+    phases = []
+    for (a, c), taps in by_phase.items():
+        rlo, rhi, rf = _tap_range(H, PH, s[0], a - p[0])
+        clo, chi, cf = _tap_range(W, PW, s[1], c - p[1])
+        src = (slice(rf, rf + (rhi - rlo - 1) * s[0] + 1, s[0]), slice(cf, cf + (chi - clo - 1) * s[1] + 1, s[1]))
+        phases.append((rlo, rhi, clo, chi, src, [(t, ii * PW + jj) for t, ii, jj in taps]))
+    # per-row (sample, channel) weights as (kk, R, 1) so a chunk's weights are one view
+    wr = np.ascontiguousarray(np.broadcast_to(w.reshape(1, C, kk), (N, C, kk)).reshape(R, kk).T)[:, :, None]
+    br = None if b is None else np.broadcast_to(b.reshape(1, C), (N, C)).reshape(R)[:, None, None]
+    out = np.empty((R, OH, OW), x.dtype)
+    per = max(1, chunk_bytes // ((len(phases) * PH * PW + 2 * L) * x.itemsize))
 
-        def work(c):
-            r0, r1 = c
-            rows = np.arange(r0, r1) % C
-            wc = wr[rows]                       # (rows, k0, k1)
-            acc = np.empty((r1 - r0, L), x.dtype)
-            tmp = np.empty((r1 - r0, L), x.dtype)
-            xs = xp[r0:r1]
-            first = True
-            for sh, i, j in shifts:
-                wv = wc[:, i, j, None]
+    def work(ch):
+        r0, r1 = ch
+        n = r1 - r0
+        acc = np.empty((n, L), x.dtype)
+        tmp = np.empty((n, L), x.dtype)
+        first = True
+        for rlo, rhi, clo, chi, src, taps in phases:
+            ph = np.empty((n, PH * PW), x.dtype)
+            p3 = ph.reshape(n, PH, PW)
+            if rhi > rlo and chi > clo:      # copy the inside, zero only the border
+                p3[:, rlo:rhi, clo:chi] = x3[r0:r1, src[0], src[1]]
+                p3[:, :rlo] = 0
+                p3[:, rhi:] = 0
+                p3[:, rlo:rhi, :clo] = 0
+                p3[:, rlo:rhi, chi:] = 0
+            else:
+                ph.fill(0)
+            for t, sh in taps:
                 if first:
-                    np.multiply(xs[:, sh:sh + L], wv, out=acc)
+                    np.multiply(ph[:, sh:sh + L], wr[t, r0:r1], out=acc)
                     first = False
                 else:
-                    np.multiply(xs[:, sh:sh + L], wv, out=tmp)
-                    acc += tmp
-            o = acc.reshape(r1 - r0, OH, Wp)[:, :, :OW]
-            if b is not None:
-                np.add(o, b[rows, None, None], out=out[r0:r1])
-            else:
-                out[r0:r1] = o
-
-        _parallel(work, _chunks(R, per))
-        return out.reshape(N, C, OH, OW)
-    # strided: per-tap ranges on the unpadded planes (padding never read)
-    x3 = x.reshape(R, H, W)
-    out = np.empty((R, OH, OW), x.dtype)
-    wr = w.reshape(C, k[0], k[1])
-    rh = [_tap_range(H, OH, s[0], i * d[0] - p[0]) for i in range(k[0])]
-    rw = [_tap_range(W, OW, s[1], j * d[1] - p[1]) for j in range(k[1])]
-    per = max(1, (32 << 10) // max(1, OH * OW))
-
-    def work_s(c):
-        r0, r1 = c
-        rows = np.arange(r0, r1) % C
-        o = out[r0:r1]
-        if b is not None:
-            o[...] = b[rows, None, None]
+                    np.multiply(ph[:, sh:sh + L], wr[t, r0:r1], out=tmp)
+                    np.add(acc, tmp, out=acc)
+        o = acc.reshape(n, OH, PW)[:, :, :OW]
+        if br is not None:
+            np.add(o, br[r0:r1], out=out[r0:r1])
         else:
-            o[...] = 0
-        tmp = np.empty((r1 - r0, OH, OW), x.dtype)
-        xs = x3[r0:r1]
-        for i, (a0, a1, i0) in enumerate(rh):
-            for j, (c0, c1, j0) in enumerate(rw):
-                if a1 <= a0 or c1 <= c0:
-                    continue
-                xv = xs[:, i0:i0 + (a1 - a0 - 1) * s[0] + 1:s[0], j0:j0 + (c1 - c0 - 1) * s[1] + 1:s[1]]
-                t = tmp[:, :a1 - a0, :c1 - c0]
-                np.multiply(xv, wr[rows, i, j, None, None], out=t)
-                ov = o[:, a0:a1, c0:c1]
-                ov += t
+            out[r0:r1] = o
 
-    _parallel(work_s, _chunks(R, per))
+    _parallel(work, _chunks(R, per))
     return out.reshape(N, C, OH, OW)
 
 
