@@ -457,6 +457,7 @@ def test_efficientnet_unavailable_names_the_reason(tmp_path, monkeypatch):
     from tpu_cal.zoo import efficientnet as eff
     monkeypatch.setenv("TPU_CAL_CACHE", str(tmp_path))
     monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)   # import fails
+    monkeypatch.setitem(sys.modules, "torch", None)                       # (and fast: torch is not loaded)
     with pytest.raises(ModelUnavailable, match="efficientnet-lite-pytorch"):
         eff.efficientnet_lite0()
     assert not list(tmp_path.rglob("*.onnx"))

@@ -8,7 +8,6 @@ Each model is imported for batch 1 and a whole batch runs at once; outputs must 
 """
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np

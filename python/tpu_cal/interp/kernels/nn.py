@@ -2,17 +2,20 @@
 
 Everything stays float32 (no float64 temporaries on activations). Layout is NCHW as the graph declares; 1-D ops
 run as 2-D with a unit height. How conv is made fast with numpy + OpenBLAS (measured on 2 cores, batch 32
-EfficientNet-Lite0; see bench/interp.py):
-- pointwise conv: one matmul W @ x[n] per sample, the bias added while the sample's output is in cache;
-- general conv: im2col through an `as_strided` window view, copied a few samples at a time (cache-sized), then
-  one grouped matmul;
-- depthwise conv: per layer the cheaper of banded Toeplitz matmuls (narrow planes) and flat shifted
-  multiply-adds on stride phases (wide planes), see `_depthwise`. numba was measured too: a straightforward
-  JIT kernel was about 2x slower than this hybrid, so the code stays pure numpy.
+EfficientNet-Lite0; see bench/interp.py and bench/RESULTS.md):
+- pointwise conv: W @ x[n] per sample, no im2col, the bias added while the piece is in cache;
+- general conv: im2col through an `as_strided` window view, copied a cache-sized block of output rows at a time,
+  then one grouped matmul per block;
+- depthwise conv: per layer the cheaper of banded Toeplitz matmuls (narrow planes) and flat shifted multiply-adds
+  on stride phases (wide planes), see `_depthwise`;
+- the pieces of a kernel run on a small worker pool with dynamic scheduling, and matmul pieces call BLAS
+  single-threaded meanwhile (`_matmul_items`): many multithreaded BLAS calls each pay a thread synchronisation,
+  which on a loaded machine cost up to a scheduler time slice per call.
+numba was measured as well: a straightforward JIT depthwise kernel was about 2x slower than the numpy hybrid, so
+the code stays pure numpy.
 """
 from __future__ import annotations
 
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -96,6 +99,84 @@ def _chunks(total: int, per: int):
     return [(a, min(total, a + per)) for a in range(0, total, per)]
 
 
+class _BlasThreads:
+    """OpenBLAS thread counts (numpy's BLAS, and scipy's when loaded), settable around a block.
+
+    Our kernels split big matmuls into independent pieces and run them on the worker threads with single-threaded
+    BLAS calls. A multithreaded BLAS call synchronises its threads on every call; on a loaded machine each sync
+    can wait a scheduler time slice, which made the per-sample matmuls of a pointwise conv 10-30x slower. The
+    libraries are found through /proc/self/maps (Linux); elsewhere, or with another BLAS, this does nothing and
+    BLAS keeps its own threads.
+    """
+
+    def __init__(self):
+        self.libs = []      # (getter, setter) per OpenBLAS library in the process
+        try:
+            import ctypes
+            with open("/proc/self/maps") as f:
+                paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln})
+            for path in paths:
+                lib = ctypes.CDLL(path)
+                for pre, suf in (("scipy_", "64_"), ("scipy_", ""), ("", "64_"), ("", "")):
+                    setter = getattr(lib, f"{pre}openblas_set_num_threads{suf}", None)
+                    getter = getattr(lib, f"{pre}openblas_get_num_threads{suf}", None)
+                    if setter is not None and getter is not None:
+                        getter.restype = ctypes.c_int
+                        setter.argtypes = [ctypes.c_int]
+                        self.libs.append((getter, setter))
+                        break
+        except Exception:   # no /proc, no ctypes, an unexpected BLAS: keep the defaults
+            self.libs = []
+
+    def single(self):
+        return _BlasSingle(self.libs)
+
+
+class _BlasSingle:
+    def __init__(self, libs):
+        self.libs, self.prev = libs, []
+
+    def __enter__(self):
+        for get, set_ in self.libs:
+            n = int(get())
+            if n > 1:
+                set_(1)
+                self.prev.append((set_, n))
+        return self
+
+    def __exit__(self, *exc):
+        for set_, n in self.prev:
+            set_(n)
+        self.prev = []
+        return False
+
+
+_BLAS = None
+
+
+def _blas_single():
+    """Context: BLAS calls single-threaded (our worker threads give the parallelism)."""
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = _BlasThreads()
+    return _BLAS.single()
+
+
+def _workers() -> int:
+    pool = _pool()
+    return 1 + (pool._max_workers if pool is not None else 0)
+
+
+def _matmul_items(fn, items):
+    """Runs independent matmul pieces on the worker threads, BLAS single-threaded meanwhile."""
+    if len(items) >= 2 and _workers() > 1:
+        with _blas_single():
+            _parallel(fn, items)
+    else:
+        for it in items:
+            fn(it)
+
+
 # ----------------------------------------------------------------------------------------------- convolution
 @impl("top.conv", "tpu.conv")
 def conv(node, x, w, b, shape):
@@ -132,16 +213,29 @@ def _conv2d(x, w, b, k, s, p, d, g):
 
 
 def _pointwise(x, w2, b):
-    """1x1 convolution: one matmul W @ x[n] per sample, the bias added while that sample is still in cache."""
+    """1x1 convolution: W @ x[n] per sample (split by columns when there are fewer samples than workers), each
+    piece a single-threaded BLAS call on a worker thread, its bias added while the piece is still in cache."""
     N, C, H, W = x.shape
     Co = w2.shape[0]
-    xr = x.reshape(N, C, H * W) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(N, C, H * W)
-    out = np.empty((N, Co, H * W), x.dtype)
+    L = H * W
+    xr = x.reshape(N, C, L) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(N, C, L)
+    out = np.empty((N, Co, L), x.dtype)
     bb = None if b is None else b[:, None]
-    for n in range(N):
-        np.matmul(w2, xr[n], out=out[n])
+    macs = C * Co * L
+    parts = 1
+    if N < 2 * _workers() and macs > (1 << 22):
+        parts = min(-(-2 * _workers() // N), max(1, L // 256))
+    step = -(-L // parts)
+    items = [(n, l0, min(L, l0 + step)) for n in range(N) for l0 in range(0, L, step)]
+
+    def work(it):
+        n, l0, l1 = it
+        o = out[n, :, l0:l1]
+        np.matmul(w2, xr[n, :, l0:l1], out=o)
         if bb is not None:
-            out[n] += bb
+            o += bb
+
+    _matmul_items(work, items)
     return out.reshape(N, Co, H, W)
 
 
@@ -167,13 +261,22 @@ def _im2col_conv(x, w, b, k, s, p, d, g, OH, OW):
     K = Cg * k[0] * k[1]
     wg = w.reshape(g, Cog, K)
     out = np.empty((N, Co, OH * OW), x.dtype)
-    per = max(1, _CHUNK_BYTES // max(1, C * k[0] * k[1] * OH * OW * x.itemsize))
-    for n0, n1 in _chunks(N, per):
-        cols = win[n0:n1].reshape(n1 - n0, g, K, OH * OW)     # the copy: im2col of this chunk
-        o = out[n0:n1].reshape(n1 - n0, g, Cog, OH * OW)
+    # pieces: one sample and a block of output rows, the im2col copy of a piece about _CHUNK_BYTES
+    rows = max(1, min(OH, _CHUNK_BYTES // max(1, C * k[0] * k[1] * OW * x.itemsize)))
+    if N < 2 * _workers():
+        rows = min(rows, max(1, -(-OH // -(-2 * _workers() // N))))
+    items = [(n, r0, min(OH, r0 + rows)) for n in range(N) for r0 in range(0, OH, rows)]
+    bb = None if b is None else b.reshape(g, Cog, 1)
+
+    def work(it):
+        n, r0, r1 = it
+        cols = win[n, :, :, :, r0:r1].reshape(g, K, (r1 - r0) * OW)      # the copy: im2col of this piece
+        o = out[n, :, r0 * OW:r1 * OW].reshape(g, Cog, (r1 - r0) * OW)
         np.matmul(wg, cols, out=o)
-        if b is not None:
-            out[n0:n1] += b[:, None]
+        if bb is not None:
+            o += bb
+
+    _matmul_items(work, items)
     return out.reshape(N, Co, OH, OW)
 
 
@@ -267,8 +370,7 @@ def _dw_band(x, w, b, k, s, p, d, OH, OW, Bh, t_bytes=16 << 20):
         if b is not None:
             out[:, c0:c1] += b[c0:c1, None]
 
-    chunks = _chunks(C, min(cper, -(-C // 4)))
-    _parallel(work, chunks)
+    _matmul_items(work, _chunks(C, min(cper, -(-C // (2 * _workers())))))
     return out.reshape(N, C, OH, OW)
 
 
@@ -440,7 +542,8 @@ def _window(x, k, s, p, d, ceil, mode, include_pad):
                 pos = np.arange(o) * ss + t * dd - pb
                 c += (pos >= lo_lim) & (pos < hi_lim)
             return c
-        div = counts(H, OH, k[0], s[0], d[0], p[0], p[2])[:, None] * counts(W, OW, k[1], s[1], d[1], p[1], p[3])[None, :]
+        div = (counts(H, OH, k[0], s[0], d[0], p[0], p[2])[:, None] *
+               counts(W, OW, k[1], s[1], d[1], p[1], p[3])[None, :])
         out /= np.maximum(div, 1)
     return out.reshape(N, C, OH, OW)
 
