@@ -12,3 +12,6 @@ tpu-cal transform --model_name ppocr_cls --model_def "$model" \
   --mean 127.5,127.5,127.5 --scale 0.0078431,0.0078431,0.0078431 --pixel_format bgr \
   --test_input "$here/images/line1_096_0.png" --test_result "$out/ppocr_cls_top_outputs.npz" \
   --mlir "$out/ppocr_cls.mlir"
+# Calibrate on the 64 crops (KLD + auto-tune, TPU-MLIR's defaults): a cali_table and the calibrated module
+tpu-cal calibrate "$out/ppocr_cls.mlir" --dataset "$here/images" --input_num 64 --tune_num 10 \
+  -o "$out/ppocr_cls_cali_table" --save_mlir "$out/ppocr_cls_calibrated.mlir"

@@ -115,11 +115,14 @@ def build(cls, ns: argparse.Namespace):
 def commands() -> dict:
     """name -> (options dataclass, run function, one-line help). Imported lazily so --help is fast."""
     from .calibrate_cmd import CalibrateOptions, calibrate
+    from .lower_cmd import LowerOptions, lower_file
     from .transform import TransformOptions, transform
     return {"transform": (TransformOptions, transform, "ONNX model -> top dialect MLIR + weights, checked "
                                                         "against ONNX Runtime"),
             "calibrate": (CalibrateOptions, calibrate, "streaming statistics over a dataset -> thresholds, "
-                                                        "cali_table (run_calibration)")}
+                                                        "cali_table (run_calibration)"),
+            "lower": (LowerOptions, lower_file, "top module + cali_table (+ qtable) -> tpu module for a processor: "
+                                                "int8/f16/bf16/f32 ops, casts at the borders (model_deploy)")}
 
 
 def main(argv=None) -> int:
