@@ -115,6 +115,8 @@ def build(cls, ns: argparse.Namespace):
 def commands() -> dict:
     """name -> (options dataclass, run function, one-line help). Imported lazily so --help is fast."""
     from .calibrate_cmd import CalibrateOptions, calibrate
+    from .compare_cmd import CompareOptions, compare
+    from .export_qdq import ExportQdqOptions, export_qdq
     from .lower_cmd import LowerOptions, lower_file
     from .transform import TransformOptions, transform
     return {"transform": (TransformOptions, transform, "ONNX model -> top dialect MLIR + weights, checked "
@@ -122,7 +124,11 @@ def commands() -> dict:
             "calibrate": (CalibrateOptions, calibrate, "streaming statistics over a dataset -> thresholds, "
                                                         "cali_table (run_calibration)"),
             "lower": (LowerOptions, lower_file, "top module + cali_table (+ qtable) -> tpu module for a processor: "
-                                                "int8/f16/bf16/f32 ops, casts at the borders (model_deploy)")}
+                                                "int8/f16/bf16/f32 ops, casts at the borders (model_deploy)"),
+            "compare": (CompareOptions, compare, "two result .npz files tensor by tensor: cosine, euclidean, SNR "
+                                                 "(npz_tool compare)"),
+            "export-qdq": (ExportQdqOptions, export_qdq, "top module + cali_table (+ qtable) -> ONNX with "
+                                                         "QuantizeLinear/DequantizeLinear, for ONNX Runtime")}
 
 
 def main(argv=None) -> int:

@@ -154,8 +154,11 @@ def requantize(acc: np.ndarray, m: np.ndarray, rshift: np.ndarray, zero_point, q
         shape = [1] * acc.ndim
         shape[axis] = -1
         m, rshift = np.reshape(m, shape), np.reshape(rshift, shape)
-    prod = acc * m                                    # |acc| < 2**31 (int32) times M < 2**31 fits in int64
     rshift = np.asarray(rshift, np.int64)
+    # |acc * M| < 2**62 <= 2**(rshift - 1): such a product rounds to 0 (and numpy shifts of 64 bits or more wrap)
+    m = np.where(rshift >= 63, 0, m)
+    rshift = np.minimum(rshift, 62)
+    prod = acc * m                                    # |acc| < 2**31 (int32) times M < 2**31 fits in int64
     neg = prod < 0
     mag = np.abs(prod)
     half = np.where(rshift > 0, np.left_shift(np.int64(1), np.maximum(rshift - 1, 0)), 0)

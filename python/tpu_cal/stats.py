@@ -25,22 +25,27 @@ Folding: abs bin ``k`` (``k*w <= |x| < (k+1)*w``) is signed bin ``k`` plus signe
 lying exactly on an edge (``x == -k*w``) lands one abs bin lower than its absolute value would; that only moves
 values that sit on an edge, by one bin.
 
-Speed, 14.4 M float32 values on this machine kind (2 cores; best of 7): `np.histogram` of the abs values
-with a fixed range 130 ms (most of it in its per-block edge corrections), `np.bincount` of scaled indices
-with full-size temporaries 86 ms. Here each batch is cut into chunks of 64 Ki values that stay in cache
-and reuse three buffers: per chunk scale, floor, convert to int32, `np.bincount`; the histogram costs
-36 ms including one min/max pass over the batch (6 ms; it also detects NaN/Inf, since NaN propagates
-through min/max). Everything (min, max, zeros, mean, M2..M4, histogram) costs 52 ms. A fused numba
-kernel doing min/max/sums/zeros/histogram in one loop measured 22 ms (histogram alone 15 ms): the next
-step if statistics ever dominate, at the price of a dependency.
+Two implementations give the same results: the histogram, zero count, count, min and max bit for bit, the
+moments to about 1e-15 relative (the order of the float64 additions differs). Both cut a batch into chunks of
+64 Ki values and take each chunk's moment sums in float64 about a shift near the mean, then merge them.
+
+- The C kernel of `tpu_cal.native` (compiled on first use; float32 input): one min/max/NaN pass over the batch,
+  then one pass that bins, counts zeros and sums moments block by block in L1. About 30 ms per 14.4 M values
+  on this machine kind (2 cores, one used; see bench/RESULTS.md, "Statistics kernel").
+- numpy, when there is no C compiler, for float64 input, or with TPU_CAL_NO_NATIVE=1: per chunk scale, floor,
+  convert to int32, `np.bincount`, and float64 differences, products and sums (no BLAS dot: a float64 dot of a
+  chunk wakes OpenBLAS's threads, ruinous on a loaded machine). 65-90 ms per 14.4 M values. (`np.histogram`
+  of the abs values takes 130 ms, `np.bincount` of full-size scaled indices 86 ms.)
 """
 from __future__ import annotations
 
+import ctypes
 import math
 from typing import Iterable
 
 import numpy as np
 
+from . import native
 from .errors import UserError
 from .interp.core import Listener
 
@@ -58,19 +63,22 @@ class NonFiniteValues(UserError):
 
 
 class _Scratch:
-    """Reusable work buffers, shared by every `TensorStats` a collector owns (never per tensor)."""
+    """Reusable work buffers of the numpy path, shared by every `TensorStats` a collector owns (never per
+    tensor)."""
 
     def __init__(self, size: int = CHUNK):
         self.f0 = np.empty(size, np.float32)
-        self.f1 = np.empty(size, np.float32)
+        self.d0 = np.empty(size, np.float64)
+        self.d1 = np.empty(size, np.float64)
         self.i0 = np.empty(size, np.int32)
         self.b0 = np.empty(size, np.bool_)
 
 
 def _float_view(x) -> np.ndarray:
-    """A flat view (or, for non-contiguous or non-standard float types, a flat float32 copy) of `x`."""
+    """A flat view of `x` if it is float32 or float64, else a flat float32 copy (float16, bfloat16, ints:
+    exact). Flat views of non-contiguous arrays are copies, except 1-D strided views."""
     a = np.asarray(x)
-    if a.dtype.kind != "f" or a.dtype.itemsize > 8:
+    if a.dtype not in (np.float32, np.float64):
         a = a.astype(np.float32)
     return a.reshape(-1)
 
@@ -120,9 +128,18 @@ class TensorStats:
         flat = _float_view(x)
         if flat.size == 0:
             return
-        lo, hi = flat.min(), flat.max()
-        if not (math.isfinite(lo) and math.isfinite(hi)):
+        # float32 data goes to the C kernels when they are available (see tpu_cal.native); float64 data and
+        # TPU_CAL_NO_NATIVE=1 take the numpy path, which gives the same results
+        lib = native.stats_library() if flat.dtype == np.float32 and self.side <= 1 << 24 else None
+        if lib is not None:
+            flat = np.ascontiguousarray(flat)
+            bounds = (ctypes.c_float * 2)()
+            nan = bool(lib.tc_minmax(flat.ctypes.data, flat.size, bounds))
+            lo, hi = bounds
+        else:
+            lo, hi = flat.min(), flat.max()
             nan = bool(np.isnan(lo) or np.isnan(hi))
+        if nan or not (math.isfinite(lo) and math.isfinite(hi)):
             raise NonFiniteValues("NaN" if nan else "Inf", f"a tensor of shape {np.shape(x)}")
         lo, hi = float(lo), float(hi)
         absmax = max(-lo, hi)
@@ -141,6 +158,9 @@ class TensorStats:
             self.max = max(self.max, hi)
         if not (do_m or do_h):
             return
+        if lib is not None:
+            self._accumulate_native(lib, flat, do_m, do_h)
+            return
         sc = self._scratch
         if sc is None or sc.f0.size < min(flat.size, CHUNK):
             sc = self._scratch = _Scratch(max(min(flat.size, CHUNK), 1024))
@@ -150,7 +170,7 @@ class TensorStats:
             c = flat[s:s + CHUNK]
             m = c.size
             if do_m:
-                self._add_moments(c, sc.f0[:m], sc.f1[:m], sc.b0[:m])
+                self._add_moments(c, sc.d0[:m], sc.d1[:m], sc.b0[:m])
             if do_h:
                 f = sc.f0[:m]
                 idx = sc.i0[:m]
@@ -162,20 +182,35 @@ class TensorStats:
                 self.hist += counts[:2 * side]
                 self.hist[-1] += counts[2 * side]    # x == R exactly: the last bin is closed
 
+    def _accumulate_native(self, lib, flat: np.ndarray, do_m: bool, do_h: bool) -> None:
+        """The C kernel's loop over the chunks: the same sums, merges and bins as the numpy loop in `update`."""
+        counts = (ctypes.c_int64 * 2)(self.count, self.n_zero)
+        mom = (ctypes.c_double * 4)(self.mean, self.m2, self.m3, self.m4)
+        moments = (4 if self.higher_moments else 2) if do_m else 0
+        lib.tc_accumulate(flat.ctypes.data, flat.size, CHUNK, moments, counts, mom,
+                          self.hist.ctypes.data if do_h else None, self.side, self._scale)
+        if do_m:
+            self.count, self.n_zero = counts[0], counts[1]
+            self.mean, self.m2, self.m3, self.m4 = mom
+
     def _add_moments(self, c: np.ndarray, d: np.ndarray, d2: np.ndarray, z: np.ndarray) -> None:
         m = c.size
-        # sums are taken about a shift k near the mean (the running mean; a first guess for the first chunk)
-        # and corrected exactly to the chunk's own mean, so a large mean does not cancel the variance
-        k = np.float32(self.mean if self.count else c[:256].mean(dtype=np.float64))
-        np.subtract(c, k, out=d)
+        # sums of float64 differences (as the C kernel takes them) about a shift k near the mean (the running
+        # mean; for the first chunk the mean of its first 256 values), then corrected exactly to the chunk's
+        # own mean, so a large mean does not cancel the variance. (Products and sums, not np.dot: a float64
+        # BLAS dot of a chunk wakes OpenBLAS's threads, which on a loaded machine costs 10x the work.)
+        k = self.mean if self.count else float(c[:256].mean(dtype=np.float64))
+        np.subtract(c, k, out=d, dtype=np.float64)
         s1 = float(d.sum())
-        s2 = float(np.dot(d, d))
+        np.multiply(d, d, out=d2)
+        s2 = float(d2.sum())
         u = s1 / m                                   # chunk mean = k + u
         cm2 = max(s2 - m * u * u, 0.0)
         if self.higher_moments:
-            np.multiply(d, d, out=d2)
-            s3 = float(np.dot(d2, d))
-            s4 = float(np.dot(d2, d2))
+            np.multiply(d2, d, out=d)
+            s3 = float(d.sum())
+            np.multiply(d2, d2, out=d2)
+            s4 = float(d2.sum())
             cm3 = s3 - 3 * u * s2 + 2 * m * u ** 3
             cm4 = s4 - 4 * u * s3 + 6 * u * u * s2 - 3 * m * u ** 4
         else:
@@ -205,10 +240,11 @@ class TensorStats:
             # one-pass: the bin width is a power of two, so after any growth it is the smallest power of two
             # covering the final abs-max, whatever the batching (tables do not depend on --batch_size);
             # exact (two-pass): the range is exactly [-absmax, absmax]
-            scale = np.float32(self.side / absmax) if exact else \
-                np.float32(2.0 ** -math.ceil(math.log2(absmax / self.side)))
-            if not math.isfinite(float(scale)):
-                scale = np.float32(self.side / absmax)
+            with np.errstate(over="ignore"):      # a denormal abs-max: handled below
+                scale = np.float32(self.side / absmax) if exact else \
+                    np.float32(2.0 ** -math.ceil(math.log2(absmax / self.side)))
+                if not math.isfinite(float(scale)):
+                    scale = np.float32(self.side / absmax)
             if float(scale) * absmax > self.side:     # round down so that |x| * scale <= side
                 scale = np.nextafter(scale, np.float32(0))
             if not float(scale) > 0:

@@ -1,12 +1,43 @@
 """Streaming statistics: many batches give the statistics of the concatenated data, memory stays constant,
-range growth re-bins exactly, NaN/Inf become user errors naming the op and the samples."""
+range growth re-bins exactly, NaN/Inf become user errors naming the op and the samples. The tests of the
+statistics run on both paths (the C kernel of tpu_cal.native and numpy); the last part checks that the two give
+the same results and that the kernel's build and fallback behave."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+from tpu_cal import native
 from tpu_cal.errors import UserError
 from tpu_cal.graph import Graph, Node
 from tpu_cal.interp.core import Interpreter
 from tpu_cal.stats import NonFiniteValues, StatsCollector, TensorStats
+
+
+def _require_native():
+    """The loaded kernel library. A skip that prints why when there is no compiler or TPU_CAL_NO_NATIVE is set;
+    a failure when a compiler exists but the kernel does not build or load."""
+    reason = native.unavailable_reason()
+    if reason and (native.disabled() or native.find_compiler() is None):
+        print(f"native statistics kernel unavailable: {reason}")
+        pytest.skip(f"native statistics kernel unavailable: {reason}")
+    assert reason is None, f"a C compiler exists ({native.find_compiler()}) but the kernel is unavailable: {reason}"
+    return native.stats_library()
+
+
+@pytest.fixture(params=["native", "numpy"])
+def either_path(request, monkeypatch):
+    """Runs a test once with the C kernel, once with the numpy path."""
+    if request.param == "native":
+        _require_native()
+    else:
+        monkeypatch.setenv("TPU_CAL_NO_NATIVE", "1")
+    return request.param
+
+
+both_paths = pytest.mark.usefixtures("either_path")
 
 
 def _batches(seed=0):
@@ -27,6 +58,7 @@ def _reference_hist(x, st):
     return h
 
 
+@both_paths
 def test_streaming_equals_concatenated():
     batches = _batches()
     st = TensorStats(2048)
@@ -52,6 +84,7 @@ def test_streaming_equals_concatenated():
     assert st.absmax / st.width >= 2048
 
 
+@both_paths
 def test_regrowth_is_exact():
     """Re-binning after a growth gives bit-identical counts to binning at the final width from the start."""
     rng = np.random.default_rng(3)
@@ -69,6 +102,7 @@ def test_regrowth_is_exact():
     np.testing.assert_array_equal(grown.hist, direct.hist)
 
 
+@both_paths
 def test_memory_is_constant():
     st = TensorStats(2048)
     rng = np.random.default_rng(1)
@@ -82,6 +116,7 @@ def test_memory_is_constant():
     assert not any(isinstance(v, (list, dict, set, tuple)) for v in vars(st).values())
 
 
+@both_paths
 def test_zeros_before_first_nonzero_batch_and_all_zero():
     st = TensorStats(256)
     st.update(np.zeros(100, np.float32))
@@ -94,6 +129,7 @@ def test_zeros_before_first_nonzero_batch_and_all_zero():
     assert st.hist.sum() == 119 and st.n_zero == 117
 
 
+@both_paths
 def test_nan_inf_rejected_without_changing_state():
     st = TensorStats(256)
     st.update(np.arange(10, dtype=np.float32))
@@ -108,6 +144,7 @@ def test_nan_inf_rejected_without_changing_state():
     np.testing.assert_array_equal(st.hist, before[4])
 
 
+@both_paths
 def test_quantile_and_deviation_within_a_bin():
     rng = np.random.default_rng(2)
     x = rng.laplace(0.5, 2.0, 400_000).astype(np.float32)
@@ -121,6 +158,7 @@ def test_quantile_and_deviation_within_a_bin():
     assert abs(st.mean_abs() - np.mean(np.abs(xd))) <= st.width / 2
 
 
+@both_paths
 def test_float16_float64_and_noncontiguous_inputs():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((64, 300))
@@ -133,6 +171,7 @@ def test_float16_float64_and_noncontiguous_inputs():
         assert st.hist.sum() == ref.size
 
 
+@both_paths
 def test_two_pass_histogram_spans_exactly_absmax():
     batches = _batches(5)
     st = TensorStats(2048, oversample=1, histogram=False)
@@ -163,6 +202,7 @@ def _graph():
     return Graph("g", ["x"], ["s_Sigmoid"], nodes, {"w": np.full(8, 1.0, np.float32)})
 
 
+@both_paths
 def test_collector_streams_every_op_output():
     g = _graph()
     col = StatsCollector(bins=256)
@@ -184,6 +224,7 @@ def test_collector_streams_every_op_output():
     assert {name: s.array_nbytes() for name, s in col.stats.items()} == sizes
 
 
+@both_paths
 def test_collector_names_op_and_samples_on_nan():
     g = _graph()
     col = StatsCollector(bins=256)
@@ -201,6 +242,7 @@ def test_collector_names_op_and_samples_on_nan():
         it.run({"x": bad})
 
 
+@both_paths
 def test_collector_two_pass():
     g = _graph()
     col = StatsCollector(bins=256, two_pass=True)
@@ -217,3 +259,205 @@ def test_collector_two_pass():
     counts, w = st.abs_histogram()
     assert counts.size == 256 and counts.sum() == st.count == 3 * 64
     assert w * 256 == pytest.approx(st.absmax, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- C kernel against numpy
+def _stats(batches, path, monkeypatch, **kw):
+    """TensorStats over `batches` on one path ("native" or "numpy"); kw go to TensorStats."""
+    if path == "numpy":
+        monkeypatch.setenv("TPU_CAL_NO_NATIVE", "1")
+    else:
+        monkeypatch.delenv("TPU_CAL_NO_NATIVE", raising=False)
+    two_pass = kw.pop("two_pass", False)
+    st = TensorStats(**kw, **({"oversample": 1, "histogram": False} if two_pass else {}))
+    for b in batches:
+        st.update(b)
+    if two_pass:
+        st.start_histogram_pass()
+        for b in batches:
+            st.update(b)
+    monkeypatch.delenv("TPU_CAL_NO_NATIVE", raising=False)
+    return st
+
+
+def _assert_same(a: TensorStats, b: TensorStats, what=""):
+    """Exact: histogram, range, count, zeros, min, max. Moments to 1e-12 (mean relative to the spread)."""
+    np.testing.assert_array_equal(a.hist, b.hist, err_msg=what)
+    assert (a.width, a.side, a.count, a.n_zero) == (b.width, b.side, b.count, b.n_zero), what
+    assert (a.min, a.max) == (b.min, b.max), what
+    assert abs(a.mean - b.mean) <= 1e-12 * (abs(b.mean) + b.std) + 1e-300, what
+    assert a.m2 == pytest.approx(b.m2, rel=1e-12, abs=1e-300), what
+    if b.higher_moments and b.m2 > 0:
+        assert a.skewness == pytest.approx(b.skewness, rel=1e-12, abs=1e-12), what
+        assert a.kurtosis == pytest.approx(b.kurtosis, rel=1e-12), what
+    elif b.higher_moments:
+        assert a.kurtosis == b.kurtosis == np.inf
+
+
+def _random_batches(rng):
+    """A few batches of one random kind: sizes around the chunk and vector widths, scales over many decades,
+    offsets, zeros, negative zeros, clipped (ReLU6-like) values."""
+    n = int(rng.choice([1, 3, 7, 8, 9, 255, 2049, 65535, 65536, 65537, 140_000, 300_001]))
+    scale = 10.0 ** rng.uniform(-6, 6)
+    out = []
+    for _ in range(int(rng.integers(1, 5))):
+        x = rng.standard_normal(n) * scale * (1 + 3 * rng.random()) + rng.uniform(-3, 3) * scale
+        kind = rng.integers(4)
+        if kind == 1:
+            x = np.clip(x, 0, 6 * scale)
+        elif kind == 2:
+            x[rng.random(n) < 0.3] = 0.0
+            x[rng.random(n) < 0.1] = -0.0
+        elif kind == 3:
+            x = np.round(x / scale * 4) * scale / 4          # many repeated values
+        out.append(x.astype(np.float32))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_native_matches_numpy_random(seed, monkeypatch):
+    _require_native()
+    rng = np.random.default_rng(100 + seed)
+    for trial in range(6):
+        batches = _random_batches(rng)
+        kw = dict(bins=int(rng.choice([8, 256, 2048])), moments=bool(trial % 3), two_pass=trial == 5)
+        a = _stats(batches, "native", monkeypatch, **kw)
+        b = _stats(batches, "numpy", monkeypatch, **kw)
+        _assert_same(a, b, f"seed {seed} trial {trial} {kw} sizes {[x.size for x in batches]}")
+
+
+def _edge_batches():
+    """Adversarial batches (256 bins, oversample 2: side 512; the first batch fixes the width at 1/512)."""
+    side = 512
+    edges = np.arange(-side, side + 1, dtype=np.float32) / np.float32(side)      # every edge, -R and R included
+    up = np.nextafter(edges, np.float32(np.inf))
+    down = np.nextafter(edges, np.float32(-np.inf))
+    tiny = np.array([1e-45, -1e-45, 1e-40, -1e-40, 1.1754942e-38, -1.1754942e-38, 0.0, -0.0], np.float32)
+    cases = {
+        "edges": [edges, up[:-1], down[1:], np.concatenate([edges, -edges, edges[::7]])],
+        "x == R and -R": [np.array([1.0, -1.0, 1.0, 1.0, -1.0, 0.5], np.float32), edges[::-1].copy()],
+        "negative zeros": [np.array([-0.0] * 9 + [0.0] * 5, np.float32), np.concatenate([edges, -np.zeros(37)])
+                           .astype(np.float32)],
+        "denormals": [np.concatenate([tiny, edges]), tiny, np.concatenate([tiny] * 50)],
+        "denormals only": [tiny[:6], np.concatenate([tiny[:4]] * 33)],
+        "huge range": [np.array([3.0e38, -3.4e38, 1e-30, -2.0, 0.0], np.float32),
+                       np.concatenate([edges * np.float32(3e38), tiny])],
+        "huge then tiny": [np.concatenate([edges * np.float32(1e30), tiny]), edges * np.float32(1e-30)],
+        "constant": [np.full(70_001, 3.25, np.float32), np.full(5, 3.25, np.float32)],
+        "all zeros first": [np.zeros(100, np.float32), -np.zeros(7, np.float32), edges],
+        "large mean": [np.float32(1e4) + edges * np.float32(1e-3), np.float32(1e4) + edges[::3]],
+        "float max": [np.array([np.finfo(np.float32).max, -np.finfo(np.float32).max, 0.0], np.float32)],
+    }
+    # growth over many batches, each value on an edge of the range it arrives in
+    growth = [edges * np.float32(2.0 ** k) for k in range(0, 40, 3)]
+    cases["growth"] = growth + [np.concatenate(growth)]
+    return cases
+
+
+@pytest.mark.parametrize("case", list(_edge_batches()))
+def test_native_matches_numpy_adversarial(case, monkeypatch):
+    _require_native()
+    batches = _edge_batches()[case]
+    for kw in (dict(bins=256), dict(bins=256, moments=False), dict(bins=8), dict(bins=256, two_pass=True)):
+        a = _stats(batches, "native", monkeypatch, **kw)
+        b = _stats(batches, "numpy", monkeypatch, **kw)
+        _assert_same(a, b, f"{case} {kw}")
+
+
+def test_native_matches_numpy_layouts(monkeypatch):
+    """Non-contiguous views, reversed strides, float16 (converted exactly), 0-d and empty arrays."""
+    _require_native()
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((64, 3, 40, 41)) * 2).astype(np.float32)
+    views = [x[:, ::2], x.transpose(3, 1, 0, 2), x.reshape(-1)[::-1], x.reshape(-1)[5::3], x[..., 0],
+             x.astype(np.float16), np.float32(2.5), np.zeros((0, 4), np.float32), x[:, 1:2, ::-1, 3:]]
+    a = _stats(views, "native", monkeypatch, bins=512)
+    b = _stats(views, "numpy", monkeypatch, bins=512)
+    _assert_same(a, b)
+    assert a.count == sum(np.size(v) for v in views)
+
+
+def test_native_matches_numpy_large_batch(monkeypatch):
+    """A batch of millions of values with many in one bin (ReLU6: zeros and the clip value)."""
+    _require_native()
+    rng = np.random.default_rng(9)
+    x = np.clip(rng.standard_normal((16, 32, 56, 56)).astype(np.float32) * 3, 0, 6)
+    for kw in (dict(bins=2048), dict(bins=2048, moments=False)):
+        a = _stats([x, x[:3] * 2], "native", monkeypatch, **kw)
+        b = _stats([x, x[:3] * 2], "numpy", monkeypatch, **kw)
+        _assert_same(a, b)
+
+
+@pytest.mark.parametrize("path", ["native", "numpy"])
+@pytest.mark.parametrize("bad, kind", [
+    ([np.nan], "NaN"), ([np.inf], "Inf"), ([-np.inf], "Inf"), ([np.inf, np.nan], "NaN"),
+    ([-np.inf, np.inf], "Inf"), ([-np.nan], "NaN")])
+def test_non_finite_on_both_paths(path, bad, kind, monkeypatch):
+    if path == "native":
+        _require_native()
+    else:
+        monkeypatch.setenv("TPU_CAL_NO_NATIVE", "1")
+    rng = np.random.default_rng(0)
+    st = TensorStats(256)
+    st.update(rng.standard_normal(1000).astype(np.float32))
+    before = (st.count, st.n_zero, st.min, st.max, st.mean, st.m2, st.m4, st.width, st.hist.copy())
+    for n, pos in ((2, 0), (9, 7), (1001, 500), (70_000, 69_998), (70_000, 3)):
+        x = rng.standard_normal(n).astype(np.float32)
+        x[pos:pos + len(bad)] = bad                    # first, last, middle, in the tail after the vectors
+        with pytest.raises(NonFiniteValues) as e:
+            st.update(x)
+        assert e.value.kind == kind
+        after = (st.count, st.n_zero, st.min, st.max, st.mean, st.m2, st.m4, st.width)
+        assert after == before[:-1]
+        np.testing.assert_array_equal(st.hist, before[-1])
+
+
+def test_fallback_without_compiler(monkeypatch, tmp_path, capfd):
+    """No compiler: one line on stderr, then the numpy path (same results); nothing raises."""
+    monkeypatch.setenv("TPU_CAL_CACHE", str(tmp_path))           # no library built before
+    monkeypatch.delenv("TPU_CAL_NO_NATIVE", raising=False)        # (this test runs even where it is set)
+    monkeypatch.setattr(native, "_lib", None)                      # not tried yet in this process
+    monkeypatch.setattr(native, "find_compiler", lambda: str(tmp_path / "nonexistent" / "cc"))
+    batches = _batches(3)
+    st = TensorStats(256)
+    for b in batches:
+        st.update(b)
+    assert native.stats_library() is None
+    assert "nonexistent" in native.unavailable_reason()
+    err = capfd.readouterr().err
+    assert err.count("native statistics kernel unavailable") == 1 and err.count("\n") == 1, err
+    assert not list((tmp_path / "native").iterdir())              # no temporary file left behind
+    ref = _stats(batches, "numpy", monkeypatch, bins=256)
+    _assert_same(st, ref)
+    # no compiler at all
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "find_compiler", lambda: None)
+    st2 = TensorStats(256)
+    st2.update(batches[0])
+    assert "no C compiler" in native.unavailable_reason()
+    assert capfd.readouterr().err.count("\n") == 1
+
+
+def test_build_is_cached_keyed_by_source_and_concurrent_safe(monkeypatch, tmp_path):
+    """Processes building at once into an empty cache all load a whole library and leave one file; an edited
+    source gets a library of its own."""
+    _require_native()
+    env = dict(os.environ, TPU_CAL_CACHE=str(tmp_path))
+    code = ("from tpu_cal import native; import numpy as np, ctypes; lib = native.stats_library(); "
+            "b = (ctypes.c_float * 2)(); x = np.array([3, -2, 1], np.float32); "
+            "assert lib.tc_minmax(x.ctypes.data, 3, b) == 0 and tuple(b) == (-2, 3)")
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+        assert p.stderr.read() == ""
+    files = sorted(os.listdir(tmp_path / "native"))
+    assert len(files) == 1 and files[0].startswith("stats_kernel-") and files[0].endswith(".so"), files
+    # an edited source builds again, under another name
+    edited = tmp_path / "stats_kernel.c"
+    edited.write_text(open(native.SOURCE).read() + "\n/* edited */\n")
+    monkeypatch.setenv("TPU_CAL_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "SOURCE", str(edited))
+    monkeypatch.setattr(native, "_lib", None)
+    assert native.stats_library() is not None
+    assert len(os.listdir(tmp_path / "native")) == 2

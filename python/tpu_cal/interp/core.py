@@ -3,6 +3,8 @@
 Kernels are registered with `@impl("top.conv", ...)` and called as `kernel(node, *inputs, shape=...)`, where
 `shape` is the node's declared result shape with the batch axis scaled to the batch actually run (a module
 imported for batch 1 runs a batch of N samples at once). Absent optional operands arrive as None.
+A registered object with a `bind(graph)` method is bound to the graph once per Interpreter and the bound callable
+runs instead (the `tpu.*` precision dispatcher, kernels/tpu.py, reads its operands' quantized types that way).
 
 Listeners observe or replace values without forking the interpreter: statistics collectors, fake-quant and
 per-layer comparison are all listeners. Each tensor is freed after its last use unless a caller keeps it.
@@ -54,6 +56,19 @@ class Interpreter:
         missing = sorted({n.op for n in graph.nodes if n.op not in KERNELS and n.op not in _BOUND})
         if missing:
             raise UserError(f"no interpreter kernel for: {', '.join(missing)}")
+        # a kernel object with a `bind(graph)` method (the tpu precision dispatcher, which reads its operands'
+        # types from the graph) is bound once per interpreter; the bound callable is what runs
+        self._kernels: dict[str, Callable] = {}
+        bound: dict[int, Callable] = {}
+        for n in graph.nodes:
+            if n.op in _BOUND or n.op in self._kernels:
+                continue
+            k = KERNELS[n.op]
+            if hasattr(k, "bind"):
+                if id(k) not in bound:
+                    bound[id(k)] = k.bind(graph)
+                k = bound[id(k)]
+            self._kernels[n.op] = k
         # last use of each value, so tensors are freed as soon as nothing needs them
         self._last_use: dict[str, int] = {}
         for k, n in enumerate(graph.nodes):
@@ -90,7 +105,7 @@ class Interpreter:
                 out = g.weights[n.attrs["name"]]
             else:
                 shape = n.shape if batch == 1 or not n.shape else (n.shape[0] * batch,) + tuple(n.shape[1:])
-                out = KERNELS[n.op](n, *args, shape=tuple(shape))
+                out = self._kernels[n.op](n, *args, shape=tuple(shape))
             for ls in self.listeners:
                 rep = ls.after_op(n, args, out)
                 if rep is not None:

@@ -66,20 +66,20 @@ _BINARY = {
 
 def _register():
     for name, f in _UNARY.items():
-        impl(f"top.{name}", f"tpu.{name}")(lambda node, x, shape, f=f: _out(node, f(node, x)))
+        impl(f"top.{name}")(lambda node, x, shape, f=f: _out(node, f(node, x)))
     for name, f in _BINARY.items():
-        impl(f"top.{name}", f"tpu.{name}")(lambda node, a, b, shape, f=f: _out(node, f(a, b)))
+        impl(f"top.{name}")(lambda node, a, b, shape, f=f: _out(node, f(a, b)))
 
 
 _register()
 
 
-@impl("top.where", "tpu.where")
+@impl("top.where")
 def where(node, c, a, b, shape):
     return _out(node, np.where(c, a, b))
 
 
-@impl("top.softmax", "tpu.softmax")
+@impl("top.softmax")
 def softmax(node, x, shape):
     ax = node.attrs["axis"]
     with np.errstate(invalid="ignore"):   # a row of -inf only (fully masked) gives NaN, as in ONNX Runtime
@@ -88,7 +88,7 @@ def softmax(node, x, shape):
     return _out(node, e)
 
 
-@impl("top.log_softmax", "tpu.log_softmax")
+@impl("top.log_softmax")
 def log_softmax(node, x, shape):
     ax = node.attrs["axis"]
     with np.errstate(invalid="ignore"):

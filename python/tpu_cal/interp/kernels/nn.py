@@ -178,7 +178,7 @@ def _matmul_items(fn, items):
 
 
 # ----------------------------------------------------------------------------------------------- convolution
-@impl("top.conv", "tpu.conv")
+@impl("top.conv")
 def conv(node, x, w, b, shape):
     a = node.attrs
     nsp = x.ndim - 2
@@ -436,7 +436,7 @@ def _dw_flat(x, w, b, k, s, p, d, OH, OW, chunk_bytes=2 << 20):
 
 
 # ----------------------------------------------------------------------------------------------- deconvolution
-@impl("top.deconv", "tpu.deconv")
+@impl("top.deconv")
 def deconv(node, x, w, b, shape):
     """ONNX ConvTranspose: filter [Cin, Cout/group, k...]; output = s*(in-1) + op + (k-1)*d + 1 - pads."""
     a = node.attrs
@@ -487,7 +487,7 @@ def _is_global(x, k, s, p, d):
     return list(k) == list(x.shape[2:]) and not any(p) and all(v == 1 for v in d)
 
 
-@impl("top.maxpool", "tpu.maxpool")
+@impl("top.maxpool")
 def maxpool(node, x, shape):
     k, s, p, d, ceil = _pool_geometry(node, x)
     if _is_global(x, k, s, p, d):
@@ -495,7 +495,7 @@ def maxpool(node, x, shape):
     return _window(x, k, s, p, d, ceil, "max", True)
 
 
-@impl("top.avgpool", "tpu.avgpool")
+@impl("top.avgpool")
 def avgpool(node, x, shape):
     k, s, p, d, ceil = _pool_geometry(node, x)
     if _is_global(x, k, s, p, d):
@@ -554,20 +554,20 @@ def _per_channel(v, ndim):
     return v.reshape((1, -1) + (1,) * (ndim - 2)) if v.ndim == 1 else v
 
 
-@impl("top.scale", "tpu.scale")
+@impl("top.scale")
 def scale(node, x, sc, bias, shape):
     y = x * _per_channel(sc, x.ndim).astype(x.dtype, copy=False)
     y += _per_channel(bias, x.ndim).astype(x.dtype, copy=False)
     return y
 
 
-@impl("top.prelu", "tpu.prelu")
+@impl("top.prelu")
 def prelu(node, x, slope, shape):
     slope = np.asarray(slope, x.dtype)
     return np.where(x >= 0, x, x * slope).astype(x.dtype, copy=False)
 
 
-@impl("top.group_norm", "tpu.group_norm")
+@impl("top.group_norm")
 def group_norm(node, x, sc, bias, shape):
     G = int(node.attrs["num_groups"])
     eps = F32(node.attrs["eps"]) if x.dtype == F32 else node.attrs["eps"]
@@ -586,7 +586,7 @@ def group_norm(node, x, sc, bias, shape):
 
 
 # ----------------------------------------------------------------------------------------------- data movement
-@impl("top.pad", "tpu.pad")
+@impl("top.pad")
 def pad(node, x, shape):
     pads = list(node.attrs["pads"])
     r = x.ndim
@@ -606,7 +606,7 @@ def pad(node, x, shape):
     raise ValueError(f"unknown pad mode {mode!r}")
 
 
-@impl("top.depth_to_space", "tpu.depth_to_space")
+@impl("top.depth_to_space")
 def depth_to_space(node, x, shape):
     bs = int(node.attrs["blocksize"])
     N, C, H, W = x.shape
@@ -618,7 +618,7 @@ def depth_to_space(node, x, shape):
     return np.ascontiguousarray(y).reshape(N, c, H * bs, W * bs)
 
 
-@impl("top.space_to_depth", "tpu.space_to_depth")
+@impl("top.space_to_depth")
 def space_to_depth(node, x, shape):
     bs = int(node.attrs["blocksize"])
     N, C, H, W = x.shape
@@ -673,7 +673,7 @@ def _cubic_weights(t: np.ndarray, a: float) -> np.ndarray:
     return np.stack([w_far(t + 1), w_near(t), w_near(1 - t), w_far(2 - t)], axis=1).astype(F32)
 
 
-@impl("top.resize", "tpu.resize")
+@impl("top.resize")
 def resize(node, x, shape):
     """ONNX Resize, separably one axis at a time (exact for nearest; linear/cubic are separable products)."""
     a = node.attrs

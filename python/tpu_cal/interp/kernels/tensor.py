@@ -11,19 +11,19 @@ def input_(node, x, shape):
     return x
 
 
-@impl("top.reshape", "tpu.reshape")
+@impl("top.reshape")
 def reshape(node, x, shape):
     if int(np.prod(shape)) == x.size:
         return x.reshape(shape)
     return x.reshape((-1,) + tuple(shape[1:]))   # batch folded into the first axis
 
 
-@impl("top.permute", "tpu.permute")
+@impl("top.permute")
 def permute(node, x, shape):
     return np.asarray(np.transpose(x, node.attrs["order"]), order="C")
 
 
-@impl("top.slice", "tpu.slice")
+@impl("top.slice")
 def slice_(node, x, shape):
     idx = [slice(None)] * x.ndim
     for s, e, st, ax in zip(node.attrs["starts"], node.attrs["ends"], node.attrs["steps"], node.attrs["axes"]):
@@ -31,7 +31,7 @@ def slice_(node, x, shape):
     return np.asarray(x[tuple(idx)], order="C")
 
 
-@impl("top.concat", "tpu.concat")
+@impl("top.concat")
 def concat(node, *xs, shape):
     axis = node.attrs["axis"]
     if axis != 0 and shape and any(x.ndim and x.shape[0] != shape[0] for x in xs):
@@ -42,17 +42,17 @@ def concat(node, *xs, shape):
     return np.concatenate(xs, axis=axis)
 
 
-@impl("top.expand", "tpu.expand")
+@impl("top.expand")
 def expand(node, x, shape):
     return np.asarray(np.broadcast_to(x, np.broadcast_shapes(x.shape, shape)), order="C")
 
 
-@impl("top.tile", "tpu.tile")
+@impl("top.tile")
 def tile(node, x, shape):
     return np.tile(x, node.attrs["repeats"])
 
 
-@impl("top.gather", "tpu.gather")
+@impl("top.gather")
 def gather(node, x, idx, shape):
     ax = node.attrs["axis"]
     idx = np.asarray(idx).astype(np.int64)
@@ -80,13 +80,13 @@ def _logsumexp(x, axes, keepdims):
     return y if keepdims else np.squeeze(y, axis=axes)
 
 
-@impl("top.reduce", "tpu.reduce")
+@impl("top.reduce")
 def reduce(node, x, shape):
     axes = tuple(node.attrs["axes"]) or tuple(range(x.ndim))
     return np.asarray(_REDUCE[node.attrs["mode"]](x, axes, bool(node.attrs["keepdims"]))).astype(node.dtype)
 
 
-@impl("top.arg", "tpu.arg")
+@impl("top.arg")
 def arg(node, x, shape):
     f = np.argmax if node.attrs["mode"] == "max" else np.argmin
     y = f(x, axis=node.attrs["axis"])
@@ -95,7 +95,7 @@ def arg(node, x, shape):
     return y.astype(node.dtype)
 
 
-@impl("top.matmul", "tpu.matmul")
+@impl("top.matmul")
 def matmul(node, a, b, bias, shape):
     y = np.matmul(a, b)
     if bias is not None:
@@ -103,7 +103,7 @@ def matmul(node, a, b, bias, shape):
     return np.asarray(y).astype(node.dtype, copy=False)
 
 
-@impl("top.layer_norm", "tpu.layer_norm")
+@impl("top.layer_norm")
 def layer_norm(node, x, scale, bias, shape):
     axes = tuple(range(node.attrs["axis"] % x.ndim, x.ndim))
     mean = x.mean(axis=axes, keepdims=True)

@@ -1,0 +1,113 @@
+"""Native kernels: one C file (stats_kernel.c, the statistics of `tpu_cal.stats`), compiled on first use with
+the system C compiler and loaded with ctypes.
+
+The shared library goes to the cache folder (``tpu_cal.zoo.cache_dir("native")``), named by a hash of the source,
+the compiler and the flags, so an edited source gets a fresh build. Each build writes a temporary file of its own
+and renames it into place, so processes building at the same time never see a partial file. Flags are ``-O3``
+without target options: the library runs on any machine of the architecture (128-bit vectors).
+
+`stats_library()` returns the loaded library, or None when the numpy path is to be used: TPU_CAL_NO_NATIVE=1
+(set, not empty, not 0), or no compiler, or a failed build or load. A failure is reported once per process, in one
+line on stderr; nothing raises.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stats_kernel.c")
+FLAGS = ("-std=c99", "-O3", "-fPIC", "-shared")
+
+# the loaded library; a str says why there is none (reported once); None: not tried yet
+_lib: ctypes.CDLL | str | None = None
+
+
+def find_compiler() -> str | None:
+    """Path of the C compiler: $CC, else Python's own (sysconfig CC), else cc, gcc or clang on PATH."""
+    names = [os.environ.get("CC", ""), (sysconfig.get_config_var("CC") or ""), "cc", "gcc", "clang"]
+    for name in names:
+        name = name.split()[0] if name.split() else ""
+        path = shutil.which(name) if name else None
+        if path:
+            return path
+    return None
+
+
+def disabled() -> bool:
+    return os.environ.get("TPU_CAL_NO_NATIVE", "") not in ("", "0")
+
+
+def _build() -> str:
+    """Path of the shared library in the cache folder, compiled first if it is not there yet."""
+    from ..zoo import cache_dir
+    cc = find_compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found ($CC, cc, gcc, clang)")
+    with open(SOURCE, "rb") as f:
+        source = f.read()
+    key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(FLAGS).encode(),
+                                     platform.machine().encode(), platform.system().encode()]))
+    folder = cache_dir("native")
+    path = os.path.join(folder, f"stats_kernel-{key.hexdigest()[:16]}.so")
+    if os.path.exists(path):
+        return path
+    fd, tmp = tempfile.mkstemp(prefix=".stats_kernel-", suffix=".so.tmp", dir=folder)
+    os.close(fd)
+    try:
+        try:
+            r = subprocess.run([cc, *FLAGS, "-o", tmp, SOURCE], capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise RuntimeError(f"cannot run {cc}: {e}") from None
+        if r.returncode:
+            last = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+            raise RuntimeError(f"{cc} failed: {last}")
+        os.chmod(tmp, 0o755)           # mkstemp made it private
+        os.replace(tmp, path)          # atomic: a reader sees no file or a whole one
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _load() -> ctypes.CDLL:
+    path = _build()
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:                    # a bad file left in the cache (not ours: ours are renamed whole): rebuild
+        os.unlink(path)
+        lib = ctypes.CDLL(_build())
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.tc_minmax.argtypes = [p, i64, p]
+    lib.tc_minmax.restype = ctypes.c_int
+    lib.tc_accumulate.argtypes = [p, i64, i64, ctypes.c_int, p, p, p, ctypes.c_int32, ctypes.c_float]
+    lib.tc_accumulate.restype = None
+    return lib
+
+
+def stats_library() -> ctypes.CDLL | None:
+    """The statistics kernels (tc_minmax, tc_accumulate; see stats_kernel.c), or None: use the numpy path."""
+    global _lib
+    if disabled():
+        return None
+    if _lib is None:
+        try:
+            _lib = _load()
+        except Exception as e:       # never fatal: the numpy path computes the same statistics
+            _lib = f"{type(e).__name__}: {e}" if not isinstance(e, RuntimeError) else str(e)
+            print(f"tpu_cal: native statistics kernel unavailable ({_lib}); using numpy (slower)", file=sys.stderr)
+    return _lib if isinstance(_lib, ctypes.CDLL) else None
+
+
+def unavailable_reason() -> str | None:
+    """Why `stats_library()` returns None (None when it returns the library)."""
+    if disabled():
+        return "TPU_CAL_NO_NATIVE is set"
+    stats_library()
+    return _lib if isinstance(_lib, str) else None

@@ -1,0 +1,254 @@
+/* Statistics kernels for tpu_cal.stats.TensorStats: C99 with the GCC/Clang vector extension (128-bit vectors,
+ * SSE2 on x86-64, NEON on AArch64, plain scalar code elsewhere); no Python headers, loaded with ctypes.
+ *
+ * Every result is the one the numpy path of stats.py computes:
+ *  - tc_minmax: min and max of a float32 buffer and whether it holds a NaN;
+ *  - tc_accumulate: chunk by chunk (the numpy path's CHUNK values), the moment sums about a shift taken and
+ *    merged exactly as TensorStats._add_moments/_merge_moments do (in double), the exact zeros, and the signed
+ *    histogram: bin floor(float32(x) * scale) + side, with x == R in the last bin.
+ * Bin indices come from the same float32 product and floor as numpy's, so histograms are bit-identical;
+ * moments differ from numpy's only by the order of the double additions (~1e-15 relative).
+ * Built with -std=c99 -O3 and no target or fast-math flags: IEEE products, no FMA contraction.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+typedef double v2d __attribute__((vector_size(16)));
+
+#define BLOCK 2048   /* values per block: read from memory once, then from L1 by each loop below */
+#define LANES 4      /* sub-histograms: a run of values in one bin (the zeros after a ReLU) makes LANES
+                        independent increment chains instead of one that waits on its own stores */
+
+static v4f load4(const float *p)
+{
+    v4f v;
+    memcpy(&v, p, sizeof v);     /* unaligned load */
+    return v;
+}
+
+static v4f select4(v4i mask, v4f a, v4f b)   /* mask ? a : b, lane by lane (mask lanes are 0 or -1) */
+{
+    return (v4f)(((v4i)a & mask) | ((v4i)b & ~mask));
+}
+
+/* out[0], out[1] = min and max of x[0..n) ignoring NaN (+inf, -inf when n == 0); returns 1 if x holds a NaN */
+int tc_minmax(const float *x, int64_t n, float *out)
+{
+    const float inf = (float)(1e300 * 1e300);
+    v4f lo0 = {inf, inf, inf, inf}, lo1 = lo0, hi0 = -lo0, hi1 = -lo0;
+    v4i nan = {0, 0, 0, 0};
+    float lo = inf, hi = -inf;
+    int64_t i = 0;
+    int j;
+    for (; i + 8 <= n; i += 8) {        /* two accumulators per bound: independent compare chains */
+        v4f a = load4(x + i), b = load4(x + i + 4);
+        lo0 = select4(a < lo0, a, lo0);
+        hi0 = select4(a > hi0, a, hi0);
+        lo1 = select4(b < lo1, b, lo1);
+        hi1 = select4(b > hi1, b, hi1);
+        nan |= (a != a) | (b != b);
+    }
+    lo0 = select4(lo1 < lo0, lo1, lo0);
+    hi0 = select4(hi1 > hi0, hi1, hi0);
+    for (j = 0; j < 4; j++) {
+        lo = lo0[j] < lo ? lo0[j] : lo;
+        hi = hi0[j] > hi ? hi0[j] : hi;
+        nan[0] |= nan[j];
+    }
+    for (; i < n; i++) {
+        lo = x[i] < lo ? x[i] : lo;
+        hi = x[i] > hi ? x[i] : hi;
+        nan[0] |= x[i] != x[i];
+    }
+    out[0] = lo;
+    out[1] = hi;
+    return nan[0] != 0;
+}
+
+/* s[0..3] += sums of d, d^2, d^3, d^4 over d = x - k, x[0..m) (d^3, d^4 only if higher) */
+static void sums(const float *x, int64_t m, double k, int higher, double *s)
+{
+    v2d a1 = {0, 0}, a2 = a1, a3 = a1, a4 = a1, b1 = a1, b2 = a1, b3 = a1, b4 = a1, kk = {k, k};
+    int64_t i = 0;
+    int j;
+    for (; i + 4 <= m; i += 4) {         /* two accumulator sets: independent add chains */
+        v2d d = (v2d){x[i], x[i + 1]} - kk, e = (v2d){x[i + 2], x[i + 3]} - kk;
+        v2d d2 = d * d, e2 = e * e;
+        a1 += d;
+        a2 += d2;
+        b1 += e;
+        b2 += e2;
+        if (higher) {
+            a3 += d2 * d;
+            a4 += d2 * d2;
+            b3 += e2 * e;
+            b4 += e2 * e2;
+        }
+    }
+    a1 += b1; a2 += b2; a3 += b3; a4 += b4;
+    for (; i < m; i++) {
+        double d = (double)x[i] - k, d2 = d * d;
+        a1[0] += d;
+        a2[0] += d2;
+        a3[0] += d2 * d;
+        a4[0] += d2 * d2;
+    }
+    for (j = 0; j < 2; j++) {
+        s[0] += a1[j];
+        s[1] += a2[j];
+        if (higher) {
+            s[2] += a3[j];
+            s[3] += a4[j];
+        }
+    }
+}
+
+/* number of exact zeros (+0 and -0) in x[0..m) */
+static int64_t zeros(const float *x, int64_t m)
+{
+    const v4f zero = {0, 0, 0, 0};
+    v4i z = {0, 0, 0, 0};
+    int64_t i = 0, n;
+    for (; i + 4 <= m; i += 4)
+        z -= load4(x + i) == zero;      /* a true lane is -1 */
+    n = (int64_t)z[0] + z[1] + z[2] + z[3];
+    for (; i < m; i++)
+        n += x[i] == 0.0f;
+    return n;
+}
+
+/* idx[i] = floor(x[i] * scale) + side, clamped to [0, 2 * side - 1] (x == R: the last bin) */
+static void bin_index(const float *x, int64_t m, float scale, int32_t side, int32_t *idx)
+{
+    /* clamping the product below `side` puts x == R in the last bin; a range covering x never needs the
+     * rest of the clamp, which keeps the indices in the histogram whatever the input (NaN included) */
+    const float bottom = -(float)side;
+    float top = (float)side;
+    uint32_t bits;
+    memcpy(&bits, &top, sizeof bits);
+    bits--;                                  /* the largest float below side (side > 0) */
+    memcpy(&top, &bits, sizeof top);
+    const v4f vs = {scale, scale, scale, scale}, vt = {top, top, top, top}, vb = {bottom, bottom, bottom, bottom};
+    const v4i vside = {side, side, side, side};
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) {
+        v4f f = load4(x + i) * vs;
+        v4i t;
+        f = select4(f < vt, f, vt);
+        f = select4(f > vb, f, vb);
+        t = __builtin_convertvector(f, v4i);            /* truncation toward zero ... */
+        t += __builtin_convertvector(t, v4f) > f;       /* ... minus one where that rounded up: floor */
+        t += vside;
+        memcpy(idx + i, &t, sizeof t);
+    }
+    for (; i < m; i++) {
+        float f = x[i] * scale;
+        int32_t t;
+        f = f < top ? f : top;
+        f = f > bottom ? f : bottom;
+        t = (int32_t)f;
+        t -= (float)t > f;
+        idx[i] = t + side;
+    }
+}
+
+/* hist[b] += the LANES interleaved sub-histogram counts of bin b, which are then cleared */
+static void flush(uint32_t *w, int64_t *hist, int32_t side)
+{
+    int64_t b;
+    int j;
+    for (b = 0; b < 2 * (int64_t)side; b++)
+        for (j = 0; j < LANES; j++) {
+            hist[b] += w[b * LANES + j];
+            w[b * LANES + j] = 0;
+        }
+}
+
+/* Chan/Pebay merge of a chunk (nb values, mean mb, central sums m2b..m4b) into (count, mom = mean, M2, M3,
+ * M4): the formulas of TensorStats._merge_moments, in the same order */
+static void merge(int64_t *count, double *mom, int64_t nbi, double mb, double m2b, double m3b, double m4b)
+{
+    double na = (double)*count, nb = (double)nbi, n, d, dn, m2a, m3a;
+    if (*count == 0) {
+        *count = nbi;
+        mom[0] = mb; mom[1] = m2b; mom[2] = m3b; mom[3] = m4b;
+        return;
+    }
+    n = na + nb;
+    d = mb - mom[0];
+    dn = d / n;
+    m2a = mom[1];
+    m3a = mom[2];
+    mom[3] += (m4b + d * (dn * dn * dn) * na * nb * (na * na - na * nb + nb * nb)
+               + 6 * dn * dn * (na * na * m2b + nb * nb * m2a) + 4 * dn * (na * m3b - nb * m3a));
+    mom[2] += m3b + d * dn * dn * na * nb * (na - nb) + 3 * dn * (na * m2b - nb * m2a);
+    mom[1] += m2b + d * dn * na * nb;
+    mom[0] += dn * nb;
+    *count += nbi;
+}
+
+/* Adds x[0..n) to the statistics, `chunk` values at a time (as the numpy path cuts them).
+ * moments: 0 none, 2 mean and M2, 4 mean and M2..M4; count[0] values in the moments, count[1] exact zeros
+ * (both only with moments); mom: mean, M2, M3, M4. hist: 2 * side counts, or NULL for no histogram. */
+void tc_accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_t *count, double *mom,
+                   int64_t *hist, int32_t side, float scale)
+{
+    int32_t idx[BLOCK];
+    int64_t start, s, m, b, i, flushed = 0;
+    /* sub-histograms pay for their allocation from about 16 values a bin; without one (small input, or no
+     * memory) the counts go straight into hist */
+    uint32_t *w = hist && n >= 32 * (int64_t)side ? calloc((size_t)side * 2 * LANES, sizeof *w) : NULL;
+    for (start = 0; start < n; start += chunk) {
+        const float *c = x + start;
+        double k = mom[0], sum[4] = {0, 0, 0, 0};
+        m = n - start < chunk ? n - start : chunk;
+        if (moments && count[0] == 0) {      /* first chunk: shift by the mean of its first 256 values */
+            int64_t h = m < 256 ? m : 256;
+            k = 0;
+            for (s = 0; s < h; s++)
+                k += c[s];
+            k /= (double)h;
+        }
+        for (s = 0; s < m; s += BLOCK) {
+            b = m - s < BLOCK ? m - s : BLOCK;
+            if (moments) {
+                sums(c + s, b, k, moments > 2, sum);
+                count[1] += zeros(c + s, b);
+            }
+            if (hist) {
+                bin_index(c + s, b, scale, side, idx);
+                i = 0;
+                if (w)
+                    for (; i + LANES <= b; i += LANES) {
+                        w[idx[i] * LANES]++;
+                        w[idx[i + 1] * LANES + 1]++;
+                        w[idx[i + 2] * LANES + 2]++;
+                        w[idx[i + 3] * LANES + 3]++;
+                    }
+                for (; i < b; i++)
+                    hist[idx[i]]++;
+            }
+        }
+        if (moments) {
+            double dm = (double)m, u = sum[0] / dm, cm2, cm3 = 0, cm4 = 0;
+            cm2 = sum[1] - dm * u * u;
+            cm2 = cm2 > 0 ? cm2 : 0;
+            if (moments > 2) {
+                cm3 = sum[2] - 3 * u * sum[1] + 2 * dm * (u * u * u);
+                cm4 = sum[3] - 4 * u * sum[2] + 6 * u * u * sum[1] - 3 * dm * (u * u * u * u);
+            }
+            merge(count, mom, m, k + u, cm2, cm3, cm4);
+        }
+        if (w && start + m - flushed >= (int64_t)1 << 31) {   /* flush before a uint32 count can wrap */
+            flush(w, hist, side);
+            flushed = start + m;
+        }
+    }
+    if (w) {
+        flush(w, hist, side);
+        free(w);
+    }
+}
