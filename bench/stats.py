@@ -10,7 +10,9 @@ paths give the same histogram.
 
 --calibrate DIR: also runs `tpu-cal calibrate efficientnet_lite0.mlir --dataset ds32 --tune_num 0` in DIR with
 and without TPU_CAL_NO_NATIVE=1, alternately, --runs times each, and reports the time the command prints (best and
-median) and whether the two tables are identical.
+median), the time spent inside TensorStats.update (wall, and CPU time of the calling thread, which background
+load disturbs less) and whether the two tables are identical. The command runs in a child process through the
+CLI's own entry point, with update() wrapped to time it.
 """
 from __future__ import annotations
 
@@ -76,8 +78,31 @@ def bench_update(repeat: int) -> None:
                   f"{b['native']:.1f} / {m['native']:.1f} | **{b['numpy'] / b['native']:.2f}x** |")
 
 
+# the CLI with TensorStats.update timed: prints "update: <wall s> <cpu s>" when it is done
+_TIMED_CLI = """
+import sys, time
+from tpu_cal import stats
+orig, acc = stats.TensorStats.update, [0.0, 0.0]
+def update(self, x):
+    w, c = time.perf_counter(), time.thread_time()
+    try:
+        return orig(self, x)
+    finally:
+        acc[0] += time.perf_counter() - w
+        acc[1] += time.thread_time() - c
+stats.TensorStats.update = update
+from tpu_cal.tools.tpu_cal_main import main
+sys.argv[0] = "tpu-cal"
+try:
+    main()
+finally:
+    print(f"update: {acc[0]} {acc[1]}")
+"""
+
+
 def bench_calibrate(folder: str, runs: int) -> None:
     times = {"numpy": [], "native": []}
+    upd = {"numpy": [], "native": []}
     tables = {}
     out = tempfile.mkdtemp(prefix="bench_stats_")
     for _ in range(runs):
@@ -87,21 +112,26 @@ def bench_calibrate(folder: str, runs: int) -> None:
             if path == "numpy":
                 env["TPU_CAL_NO_NATIVE"] = "1"
             table = os.path.join(out, f"{path}.cali")
-            r = subprocess.run(["tpu-cal", "calibrate", "efficientnet_lite0.mlir", "--dataset", "ds32",
-                                "--tune_num", "0", "-o", table], cwd=folder, env=env, capture_output=True, text=True)
+            r = subprocess.run([sys.executable, "-c", _TIMED_CLI, "calibrate", "efficientnet_lite0.mlir",
+                                "--dataset", "ds32", "--tune_num", "0", "-o", table],
+                               cwd=folder, env=env, capture_output=True, text=True)
             if r.returncode:
                 sys.exit(f"tpu-cal calibrate failed:\n{r.stderr}")
-            line = [ln for ln in (r.stdout + r.stderr).splitlines() if "calibrated" in ln][-1]
+            lines = (r.stdout + r.stderr).splitlines()
+            line = [ln for ln in lines if "calibrated" in ln][-1]
             times[path].append(float(re.search(r" in ([0-9.]+) ?s", line).group(1)))
+            upd[path].append([float(v) for v in [ln for ln in lines if ln.startswith("update: ")][-1].split()[1:]])
             with open(table) as f:
                 tables[path] = [ln for ln in f if not ln.startswith("#")]
             time.sleep(0.5)
     print(f"\ntpu-cal calibrate, EfficientNet-Lite0, 32 samples, --tune_num 0 ({runs} runs each; seconds the "
           f"command prints)\n")
-    print("| path | best s | median s |")
-    print("|---|---|---|")
+    print("| path | command s, best | median | in update() wall s, best | median | update() CPU s, best | median |")
+    print("|---|---|---|---|---|---|---|")
     for path, t in times.items():
-        print(f"| {path} | {min(t):.2f} | {statistics.median(t):.2f} |")
+        w, c = [u[0] for u in upd[path]], [u[1] for u in upd[path]]
+        print(f"| {path} | {min(t):.2f} | {statistics.median(t):.2f} | {min(w):.2f} | {statistics.median(w):.2f} | "
+              f"{min(c):.2f} | {statistics.median(c):.2f} |")
     print(f"\nbest numpy / best native: {min(times['numpy']) / min(times['native']):.2f}x; tables "
           f"{'identical' if tables['numpy'] == tables['native'] else 'DIFFER'}")
 

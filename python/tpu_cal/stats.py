@@ -30,7 +30,7 @@ moments to about 1e-15 relative (the order of the float64 additions differs). Bo
 64 Ki values and take each chunk's moment sums in float64 about a shift near the mean, then merge them.
 
 - The C kernel of `tpu_cal.native` (compiled on first use; float32 input): one min/max/NaN pass over the batch,
-  then one pass that bins, counts zeros and sums moments block by block in L1. About 30 ms per 14.4 M values
+  then one pass that bins, counts zeros and sums moments block by block in L1. About 25-35 ms per 14.4 M values
   on this machine kind (2 cores, one used; see bench/RESULTS.md, "Statistics kernel").
 - numpy, when there is no C compiler, for float64 input, or with TPU_CAL_NO_NATIVE=1: per chunk scale, floor,
   convert to int32, `np.bincount`, and float64 differences, products and sums (no BLAS dot: a float64 dot of a

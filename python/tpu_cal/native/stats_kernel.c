@@ -1,5 +1,5 @@
-/* Statistics kernels for tpu_cal.stats.TensorStats: C99 with the GCC/Clang vector extension (128-bit vectors,
- * SSE2 on x86-64, NEON on AArch64, plain scalar code elsewhere); no Python headers, loaded with ctypes.
+/* Statistics kernels for tpu_cal.stats.TensorStats: C99 with the GCC/Clang vector extension (128-bit vectors:
+ * SSE2 on x86-64, NEON on AArch64, scalar code where there are none); no Python headers, loaded with ctypes.
  *
  * Every result is the one the numpy path of stats.py computes:
  *  - tc_minmax: min and max of a float32 buffer and whether it holds a NaN;
@@ -10,6 +10,7 @@
  * moments differ from numpy's only by the order of the double additions (~1e-15 relative).
  * Built with -std=c99 -O3 and no target or fast-math flags: IEEE products, no FMA contraction.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,15 +30,22 @@ static v4f load4(const float *p)
     return v;
 }
 
-static v4f select4(v4i mask, v4f a, v4f b)   /* mask ? a : b, lane by lane (mask lanes are 0 or -1) */
-{
-    return (v4f)(((v4i)a & mask) | ((v4i)b & ~mask));
-}
+/* min4(a, b) = a < b ? a : b and max4(a, b) = a > b ? a : b, lane by lane (b where a is NaN): SSE's minps and
+ * maxps are exactly that; elsewhere a bitwise select */
+#if defined(__SSE__)
+#include <xmmintrin.h>
+static v4f min4(v4f a, v4f b) { return (v4f)_mm_min_ps((__m128)a, (__m128)b); }
+static v4f max4(v4f a, v4f b) { return (v4f)_mm_max_ps((__m128)a, (__m128)b); }
+#else
+static v4f select4(v4i mask, v4f a, v4f b) { return (v4f)(((v4i)a & mask) | ((v4i)b & ~mask)); }
+static v4f min4(v4f a, v4f b) { return select4(a < b, a, b); }
+static v4f max4(v4f a, v4f b) { return select4(a > b, a, b); }
+#endif
 
 /* out[0], out[1] = min and max of x[0..n) ignoring NaN (+inf, -inf when n == 0); returns 1 if x holds a NaN */
 int tc_minmax(const float *x, int64_t n, float *out)
 {
-    const float inf = (float)(1e300 * 1e300);
+    const float inf = HUGE_VALF;
     v4f lo0 = {inf, inf, inf, inf}, lo1 = lo0, hi0 = -lo0, hi1 = -lo0;
     v4i nan = {0, 0, 0, 0};
     float lo = inf, hi = -inf;
@@ -45,14 +53,14 @@ int tc_minmax(const float *x, int64_t n, float *out)
     int j;
     for (; i + 8 <= n; i += 8) {        /* two accumulators per bound: independent compare chains */
         v4f a = load4(x + i), b = load4(x + i + 4);
-        lo0 = select4(a < lo0, a, lo0);
-        hi0 = select4(a > hi0, a, hi0);
-        lo1 = select4(b < lo1, b, lo1);
-        hi1 = select4(b > hi1, b, hi1);
+        lo0 = min4(a, lo0);
+        hi0 = max4(a, hi0);
+        lo1 = min4(b, lo1);
+        hi1 = max4(b, hi1);
         nan |= (a != a) | (b != b);
     }
-    lo0 = select4(lo1 < lo0, lo1, lo0);
-    hi0 = select4(hi1 > hi0, hi1, hi0);
+    lo0 = min4(lo1, lo0);
+    hi0 = max4(hi1, hi0);
     for (j = 0; j < 4; j++) {
         lo = lo0[j] < lo ? lo0[j] : lo;
         hi = hi0[j] > hi ? hi0[j] : hi;
@@ -137,8 +145,7 @@ static void bin_index(const float *x, int64_t m, float scale, int32_t side, int3
     for (; i + 4 <= m; i += 4) {
         v4f f = load4(x + i) * vs;
         v4i t;
-        f = select4(f < vt, f, vt);
-        f = select4(f > vb, f, vb);
+        f = max4(min4(f, vt), vb);
         t = __builtin_convertvector(f, v4i);            /* truncation toward zero ... */
         t += __builtin_convertvector(t, v4f) > f;       /* ... minus one where that rounded up: floor */
         t += vside;
@@ -155,16 +162,14 @@ static void bin_index(const float *x, int64_t m, float scale, int32_t side, int3
     }
 }
 
-/* hist[b] += the LANES interleaved sub-histogram counts of bin b, which are then cleared */
+/* hist += the LANES sub-histograms (one after the other in w), which are then cleared */
 static void flush(uint32_t *w, int64_t *hist, int32_t side)
 {
-    int64_t b;
-    int j;
-    for (b = 0; b < 2 * (int64_t)side; b++)
-        for (j = 0; j < LANES; j++) {
-            hist[b] += w[b * LANES + j];
-            w[b * LANES + j] = 0;
-        }
+    int64_t b, bins = 2 * (int64_t)side;
+    for (b = 0; b < bins * LANES; b++) {
+        hist[b % bins] += w[b];
+        w[b] = 0;
+    }
 }
 
 /* Chan/Pebay merge of a chunk (nb values, mean mb, central sums m2b..m4b) into (count, mom = mean, M2, M3,
@@ -223,10 +228,10 @@ void tc_accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_
                 i = 0;
                 if (w)
                     for (; i + LANES <= b; i += LANES) {
-                        w[idx[i] * LANES]++;
-                        w[idx[i + 1] * LANES + 1]++;
-                        w[idx[i + 2] * LANES + 2]++;
-                        w[idx[i + 3] * LANES + 3]++;
+                        w[idx[i]]++;
+                        w[idx[i + 1] + 2 * side]++;
+                        w[idx[i + 2] + 4 * side]++;
+                        w[idx[i + 3] + 6 * side]++;
                     }
                 for (; i < b; i++)
                     hist[idx[i]]++;
