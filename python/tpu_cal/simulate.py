@@ -122,8 +122,12 @@ def simulate_and_report(float_graph: Graph, lowered_graph: Graph, test_input: st
     reference (the tensors of `test_reference` when given, else the float run), and returns 1 when a cosine or
     euclidean similarity is below `tolerance` ([cosine] or [cosine, euclidean]), else 0."""
     feeds = _load_feeds(test_input, float_graph)
-    outs = list(float_graph.outputs)
-    fl, qt = run_both(float_graph, lowered_graph, feeds, names=[o for o in outs if o in lowered_graph.node_map()])
+    lnodes = lowered_graph.node_map()
+    outs = [o for o in float_graph.outputs if o in lnodes]
+    if not outs:
+        raise UserError("the lowered module computes none of the float module's outputs "
+                        f"({', '.join(float_graph.outputs)}); was it lowered from this module?")
+    fl, qt = run_both(float_graph, lowered_graph, feeds, names=outs)
     ref = dict(fl)
     where = "float module"
     if test_reference:
