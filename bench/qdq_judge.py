@@ -179,6 +179,32 @@ def _constant_value(node):
     return None
 
 
+def clip_bounds(model_path: str) -> dict[str, float]:
+    """ONNX tensor -> upper bound for outputs of Clip nodes with a constant max (ReLU6: 6)."""
+    import onnx
+    from onnx import numpy_helper
+    m = onnx.load(model_path, load_external_data=False)
+    consts = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type == "Constant":
+            v = _constant_value(n)
+            if v is not None:
+                consts[n.output[0]] = v
+    out = {}
+    for n in m.graph.node:
+        if n.op_type != "Clip":
+            continue
+        hi = None
+        if len(n.input) > 2 and n.input[2] in consts:
+            hi = float(np.asarray(consts[n.input[2]]).ravel()[0])
+        for a in n.attribute:          # opset < 11
+            if a.name == "max":
+                hi = float(a.f)
+        if hi is not None:
+            out[n.output[0]] = hi
+    return out
+
+
 # ----------------------------------------------------------------------------- QDQ model
 QUANT_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True}
 

@@ -31,6 +31,7 @@ and loaded by ONNX Runtime when it is installed, then written atomically; on any
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -58,6 +59,14 @@ _REDUCE = {"mean": "ReduceMean", "max": "ReduceMax", "min": "ReduceMin", "sum": 
            "l1": "ReduceL1", "l2": "ReduceL2", "sumsquare": "ReduceSumSquare", "logsumexp": "ReduceLogSumExp"}
 _MOVE = {"reshape", "permute", "slice", "concat", "pad", "resize", "expand", "tile", "gather", "depth_to_space",
          "space_to_depth"}
+# int8 ops whose float32 arithmetic ONNX Runtime does exactly as numpy (IEEE operations), with one or two
+# quantized operands: their QuantizeLinear scale is chosen to reproduce our rounding (_Builder._rounding_scale)
+_ENUMERABLE = frozenset({"relu", "clip", "neg", "abs", "leaky_relu", "hardsigmoid", "add", "sub", "mul", "div",
+                         "max", "min", "concat"})
+# int8 ops whose results are values of their data operand (requantized when their own type differs)
+_VALUE_OPS = frozenset({"reshape", "permute", "slice", "expand", "tile", "gather", "depth_to_space", "space_to_depth",
+                        "maxpool", "resize"})
+_ULP_ORDER = [0] + [s * j for j in range(1, 65) for s in (1, -1)]
 SUPPORTED = frozenset(set(_UNARY) | set(_BINARY) | _MOVE | {
     "conv", "deconv", "maxpool", "avgpool", "scale", "prelu", "leaky_relu", "clip", "silu", "hardsigmoid", "gelu",
     "softmax", "log_softmax", "where", "matmul", "layer_norm", "group_norm", "reduce", "arg", "cast"})
@@ -74,6 +83,10 @@ class ExportQdqOptions:
     processor: str = option("bm1684x", aliases=("--chip",), help="target processor whose precision rules apply "
                                                                   "(default bm1684x)")
     quantize: str = option("INT8", choices=MODES, help="default precision (INT8; F32 exports the float model)")
+    weight_type: str = option("int8", choices=("int8", "uint8"),
+                              help="storage of int8 weights: int8 (zero point 0, the usual QDQ form) or uint8 with "
+                                   "zero point 128 (the same values; ONNX Runtime on x86 without VNNI then needs no "
+                                   "session.x64quantprecision option)")
 
 
 @dataclass
@@ -103,7 +116,11 @@ def _onnx_dtype(dtype) -> int:
 class _Builder:
     """Writes a lowered Graph as ONNX nodes and initializers."""
 
-    def __init__(self, lowered: Graph, float_graph: Graph | None):
+    def __init__(self, lowered: Graph, float_graph: Graph | None, match_rounding: bool = True,
+                 u8_weights: bool = False):
+        self.match_rounding = match_rounding
+        self.u8_weights = u8_weights
+        self.tuned = self.tuned_checked = 0
         self.g = lowered
         self.fnodes = float_graph.node_map() if float_graph is not None else {}
         self.lnodes = lowered.node_map()
@@ -161,12 +178,112 @@ class _Builder:
         attrs = {"axis": int(q.axis)} if q.axis is not None else {}
         return s, z, attrs
 
-    def qdq(self, x: str, q: quant.QType, out: str) -> str:
-        """x (float) -> QuantizeLinear -> DequantizeLinear, named `out`."""
+    def qdq(self, x: str, q: quant.QType, out: str, q_scale: np.float32 | None = None) -> str:
+        """x (float) -> QuantizeLinear -> DequantizeLinear, named `out`. `q_scale` replaces the QuantizeLinear
+        scale (see `_rounding_scale`); DequantizeLinear always has the exact scale."""
         s, z, attrs = self._qparams(out, q)
-        xq = self.node("QuantizeLinear", [x, s, z], base=f"{out}_quantized", **attrs)
+        sq = s if q_scale is None else self.const(f"{out}_quantize_scale", np.float32(q_scale))
+        xq = self.node("QuantizeLinear", [x, sq, z], base=f"{out}_quantized", **attrs)
         self.qdq_pairs += 1
         return self.node("DequantizeLinear", [xq, s, z], out=out, **attrs)
+
+    def _rounding_scale(self, n: Node, q: quant.QType) -> np.float32 | None:
+        """The float32 QuantizeLinear scale that makes ONNX Runtime's DequantizeLinear -> op -> QuantizeLinear
+        give our integers for every input of an elementwise int8 op (None: the exact scale already does, or the
+        op is not one whose inputs can be enumerated).
+
+        Ours: dequantize in float64, the float32 kernel, y / s in float64 rounded half away from zero. ONNX
+        Runtime: float32 dequantize, the same float32 arithmetic (exact IEEE operations for the ops listed),
+        y / s in float32 rounded half to even. They differ at (near) ties, which are common: thresholds such as
+        6 (ReLU6) and 13 make s_in / s_out a small fraction, so k * s_in / s_out lands on .5 for whole classes
+        of k. An op of one or two int8 tensors (and scalar constants) has at most 65536 distinct inputs; the
+        float32 scales a few ulps around the exact one are tried in order of distance and the first that
+        reproduces all of our results is used (else the one reproducing most). The error this leaves in the
+        quantized value is below 1e-6 relative."""
+        self.tuned_checked += 1
+        op = _short(n.op)
+        if q.axis is not None or not self.match_rounding:
+            return None
+        if op in _VALUE_OPS and not (op == "resize" and n.attrs["mode"] != "nearest"):
+            op = "relu_identity"
+        elif op not in _ENUMERABLE:
+            return None
+        from .interp.core import KERNELS, _load_kernels
+        _load_kernels()
+        kern = (lambda node, x, shape: x) if op == "relu_identity" else KERNELS.get(f"top.{op}")
+        if kern is None:
+            return None
+        f32 = np.float32
+        operands = []               # per operand: (ours, ort) float32 arrays, or a quantized grid
+        grids = []
+        for i in n.inputs[:1] if op == "relu_identity" else n.inputs:
+            if i is None:
+                operands.append(None)
+                continue
+            src = self.lnodes[i]
+            qi = src.qtype
+            if src.op == "top.weight":
+                arr = np.asarray(self.g.weights[src.attrs["name"]])
+                if qi is not None or arr.size > 1 or arr.dtype.kind != "f":
+                    return None
+                operands.append((arr.astype(f32), arr.astype(f32)))
+            elif qi is not None and qi.axis is None and qi.storage in ("i8", "u8", "i4", "u4"):
+                operands.append(qi)
+                grids.append(len(operands) - 1)
+            else:
+                return None
+        if not grids or (op != "concat" and len(grids) > 2):
+            return None
+        top = Node(f"top.{op}", n.name, list(n.inputs), dict(n.attrs), n.shape, "float32")
+        ours_l, ort_l = [], []
+        if op == "concat":           # each input is requantized on its own
+            for k in grids:
+                qi = operands[k]
+                ks = np.arange(qi.qmin, qi.qmax + 1)
+                ours_l.append(quant.dequantize(ks, qi))
+                ort_l.append((ks - int(qi.zero_point)).astype(f32) * f32(qi.scale))
+        else:
+            sizes = [operands[k].qmax - operands[k].qmin + 1 for k in grids]
+            xs_ours, xs_ort = [], []
+            for k, v in enumerate(operands):
+                if k in grids:
+                    ks = np.arange(v.qmin, v.qmax + 1)
+                    shape = [1] * len(grids)
+                    shape[grids.index(k)] = sizes[grids.index(k)]
+                    xs_ours.append(quant.dequantize(ks, v).reshape(shape))
+                    xs_ort.append(((ks - int(v.zero_point)).astype(f32) * f32(v.scale)).reshape(shape))
+                else:
+                    xs_ours.append(None if v is None else v[0].reshape(()) if v[0].size == 1 else v[0])
+                    xs_ort.append(None if v is None else v[1].reshape(()) if v[1].size == 1 else v[1])
+            with np.errstate(all="ignore"):
+                ours_l.append(np.asarray(kern(top, *xs_ours, shape=None), f32))
+                ort_l.append(np.asarray(kern(top, *xs_ort, shape=None), f32))
+        y_ours = np.concatenate([np.ravel(v) for v in ours_l])
+        y_ort = np.concatenate([np.ravel(v) for v in ort_l])
+        ok = np.isfinite(y_ours) & np.isfinite(y_ort)
+        y_ours, y_ort = y_ours[ok], y_ort[ok]
+        if not y_ours.size:
+            return None
+        want = quant.quantize(y_ours, q).astype(np.int64)
+        zp = int(q.zero_point)
+        base = f32(q.scale)
+        best, best_hits = None, -1
+        with np.errstate(all="ignore"):
+            for j in _ULP_ORDER:
+                cand = base
+                step = np.inf if j > 0 else -np.inf
+                for _ in range(abs(j)):
+                    cand = np.nextafter(cand, f32(step))
+                got = np.clip(np.rint(y_ort / cand).astype(np.int64) + zp, q.qmin, q.qmax)
+                hits = int(np.sum(got == want))
+                if hits > best_hits:
+                    best, best_hits = cand, hits
+                if hits == want.size:
+                    break
+        if best == base:
+            return None
+        self.tuned += 1
+        return best
 
     # ----- the graph
     def run(self, outputs: list[str], extra_outputs=()):
@@ -246,6 +363,11 @@ class _Builder:
             self.inits.append(numpy_helper.from_array(_contiguous(np.asarray(arr, self._orig_dtype(n))), n.name))
             self.value[n.name] = n.name
             return
+        if self.u8_weights and q.storage == "i8" and int(np.max(np.abs(q.zero_point))) == 0:
+            # the same values as uint8 with zero point 128 (see `u8_weights`)
+            q = dataclasses.replace(q, storage="u8", zero_point=np.full(np.shape(q.scale), 128, np.int64)
+                                    if q.axis is not None else 128)
+            arr = np.asarray(arr, np.int64) + 128
         w = self.int_const(f"{n.name}_quantized", arr, q.storage)
         s, z, attrs = self._qparams(n.name, q)
         self.quant_weights += 1
@@ -266,7 +388,7 @@ class _Builder:
             raw = self.fresh(f"{n.name}_float")
             self.emit(n, ins, raw)
             self.int_ops += 1
-            self.value[n.name] = self.qdq(raw, q, n.name)
+            self.value[n.name] = self.qdq(raw, q, n.name, self._rounding_scale(n, q))
         else:
             self.float_ops += 1
             self.value[n.name] = self.emit(n, ins, n.name)
@@ -445,12 +567,12 @@ class _Builder:
                          out, axes=axes, **attrs)
 
 
-def build_model(lowered: Graph, float_graph: Graph | None = None, extra_outputs=(), name: str | None = None
-                ) -> ExportResult:
+def build_model(lowered: Graph, float_graph: Graph | None = None, extra_outputs=(), name: str | None = None,
+                match_rounding: bool = True, u8_weights: bool = False) -> ExportResult:
     """The ONNX model of a lowered graph (from `lowering.lower` / `lower_cmd.prepare`). `extra_outputs` names
     tensors (op names) to expose as outputs too, e.g. for a per-layer comparison with ONNX Runtime."""
     from onnx import helper
-    b = _Builder(lowered, float_graph)
+    b = _Builder(lowered, float_graph, match_rounding, u8_weights)
     outs = b.run(list(lowered.outputs), extra_outputs)
     graph = helper.make_graph(b.nodes, name or str(lowered.attrs.get("name") or lowered.name or "main"), b.inputs,
                               outs, b.inits)
@@ -506,7 +628,7 @@ def export_qdq(o: ExportQdqOptions) -> int:
     res = prepare(lo, ctx)
     for n in res.notes:
         print(f"note: {n}", file=sys.stderr)
-    ex = build_model(res.graph, res.float_graph)
+    ex = build_model(res.graph, res.float_graph, u8_weights=o.weight_type == "uint8")
     note = check_model(ex.model)
     data = ex.model.SerializeToString()
     with atomic_path(o.output) as tmp, open(tmp, "wb") as f:
@@ -515,4 +637,8 @@ def export_qdq(o: ExportQdqOptions) -> int:
           f"{ex.qdq_pairs} activation QDQ pairs, {ex.quant_weights} integer weights, opset {ex.opset} "
           f"in {time.time() - t0:.1f}s; {note}")
     print(f"-> {o.output}")
+    if ex.quant_weights and o.weight_type == "int8":
+        print("note: ONNX Runtime on x86 CPUs without VNNI saturates int8 products in its default kernels; run "
+              "with the session option session.x64quantprecision=1, or export with --weight_type uint8",
+              file=sys.stderr)
     return 0

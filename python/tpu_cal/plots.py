@@ -6,8 +6,9 @@ Each figure has two panels: a scatter of quantized against float values (a deter
 `max_points`, with the y = x line), and the histogram of the float values (log counts) with the range the
 quantized type can hold marked: +-threshold for a symmetric type (scale * qmax of the lowered type, else the
 op's `cali.threshold`), [min, max] for an asymmetric one. Files are named after the op (characters other than
-letters, digits, `.`, `_`, `-` become `_`; a clash gets `_2`, `_3`, ...), written atomically. matplotlib draws
-through its Agg canvas directly (no pyplot, no display, no global backend switch).
+letters, digits, `.`, `_`, `-` become `_`, leading and trailing `.`/`_` go; a clash gets `_2`, `_3`, ...),
+written atomically. matplotlib draws through its Agg canvas directly (no pyplot, no display, no global backend
+switch).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ MAX_POINTS = 20000
 
 def file_stem(name: str, taken: set | None = None) -> str:
     """A file name (without extension) for an op name: sanitized, at most 120 characters, unique in `taken`."""
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "tensor"
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip("._") or "tensor"
     stem = stem[:120]
     if taken is not None:
         base, k = stem, 2

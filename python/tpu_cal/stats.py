@@ -141,7 +141,7 @@ class TensorStats:
             nan = bool(np.isnan(lo) or np.isnan(hi))
         if nan or not (math.isfinite(lo) and math.isfinite(hi)):
             raise NonFiniteValues("NaN" if nan else "Inf", f"a tensor of shape {np.shape(x)}")
-        lo, hi = float(lo), float(hi)
+        lo, hi = float(lo) + 0.0, float(hi) + 0.0      # + 0.0 turns -0.0 into 0.0 (tables print no "-0")
         absmax = max(-lo, hi)
         do_m, do_h = self._collect_moments, self._collect_hist
         if do_h:
