@@ -193,7 +193,7 @@ def test_aciq_on_known_sigma_and_b():
     # ACIQ's own range-based sigma estimate, on request
     const = 0.5 * 0.35 * (1 + math.sqrt(math.pi * math.log(4)))
     est = (g.max - g.min) * const / math.sqrt(2 * math.log(g.count))
-    assert T.aciq_gauss_threshold(g, gauss_sigma="range") == pytest.approx(T.aciq_alpha(8, "gauss") * est)
+    assert T.aciq_gauss_threshold(g, gauss_sigma="range") == pytest.approx(abs(g.mean) + T.aciq_alpha(8, "gauss") * est)
 
 
 def test_aciq_gauss_alpha_minimises_real_quantization_mse():
@@ -367,3 +367,21 @@ def test_histogram_methods_refuse_a_missing_histogram_pass():
     assert math.isfinite(T.compute_threshold(st, "aciq_gauss"))
     with pytest.raises(RuntimeError, match="histogram pass"):
         T.compute_threshold(st, "kl")
+
+
+def test_aciq_reaches_around_a_nonzero_mean():
+    # a shifted Gaussian: the symmetric threshold must cover mean + alpha * sigma, not alpha * sigma alone
+    rng = np.random.default_rng(6)
+    mu, sigma = 3.0, 0.5
+    st = _stats((mu + rng.standard_normal(500_000) * sigma).astype(np.float32))
+    th = T.compute_threshold(st, "use_aciq_gauss")
+    assert th == pytest.approx(min(mu + 3.92403549 * sigma, st.absmax), rel=0.01)
+
+
+def test_clip_outputs_keep_their_range():
+    rng = np.random.default_rng(7)
+    x = np.concatenate([np.abs(rng.standard_normal(199_900)) * 0.5, rng.uniform(0, 6, 100)]).astype(np.float32)
+    st = _stats(x)
+    assert T.compute_threshold(st, "percentile9999") < 0.95 * float(x.max())   # the method cuts the sparse tail
+    bounded = T.compute_threshold(st, "percentile9999", bounds=T.output_bounds("top.clip"))
+    assert bounded == pytest.approx(float(x.max()))
