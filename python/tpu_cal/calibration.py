@@ -209,8 +209,9 @@ def calibrate_graph(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: 
     col = StatsCollector(bins=bins)
     run_batches(Interpreter(graph, [col]), ds, samples, cfg.batch_size, f"calibrate ({method})")
     table = thr.compute_table(col.stats, method, op_types=col.op_types)
-    # graph inputs keep their full range: clipping raw input data loses information no later layer recovers
-    for name in graph.inputs:
+    # graph inputs and outputs keep their full range: clipping raw input data loses information no later layer
+    # recovers, and clipping an output changes the answer itself (the top logit, a box coordinate)
+    for name in list(graph.inputs) + list(graph.outputs):
         st = col.stats.get(name)
         if st is not None and name in table and st.absmax > 0:
             table[name] = (float(st.absmax), table[name][1], table[name][2])

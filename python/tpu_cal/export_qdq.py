@@ -18,9 +18,20 @@ QDQ convention (ONNX Runtime's static quantization format, which its graph optim
 - conv / deconv / matmul weights are int8 initializers with per-channel scales and a DequantizeLinear on the
   axis of docs/lowering.md (conv 0, deconv 1, matmul the last); their bias is int32 with scale s_in * s_w[c] and
   zero point 0 (ONNX Runtime's bias convention); both are the lowered module's arrays, bit for bit;
-- INT4 tensors use ONNX's int4 type (opset 21);
+- INT4 tensors use ONNX's int4 type (opset 21); ONNX Runtime 1.32 then loads the model only with its graph
+  optimizations off (its ClipQuantFusion rejects an int4 zero point), which is how the load check runs;
 - F32 / F16 / BF16 ops (qtable entries, the chip's float ops such as layer_norm and softmax) are left float, with
   no QDQ around them (f16/bf16 weights are the lowered module's rounded values, activations stay float32).
+
+Rounding: we round half away from zero in float64, ONNX Runtime's QuantizeLinear half to even in float32, and
+exact ties are common (thresholds such as 6 for ReLU6 make s_in / s_out a small fraction). For int8 elementwise
+ops whose inputs can be enumerated, the QuantizeLinear scale (only that one; DequantizeLinear keeps the exact
+scale) is moved by a few float32 ulps so ONNX Runtime gives our integers for every input
+(`_Builder._rounding_scale`). Convolutions keep near-ties we cannot steer (float32 multipliers in ONNX Runtime).
+
+ONNX Runtime on x86 without VNNI saturates int16 pair sums in its default u8 x s8 kernels (cosine 0.6 on
+EfficientNet-Lite0): run it with `session.x64quantprecision=1`, or export `--weight_type uint8` (the same
+integers + 128, zero point 128), which takes its unsaturated u8 x u8 path.
 
 Op mapping (top op -> ONNX): conv Conv, deconv ConvTranspose, matmul MatMul (+Add of the bias), pools
 MaxPool/AveragePool, scale Mul+Add, gelu as Erf (or Tanh) arithmetic, silu x*Sigmoid(x), group_norm as reductions,
@@ -62,7 +73,7 @@ _MOVE = {"reshape", "permute", "slice", "concat", "pad", "resize", "expand", "ti
 # int8 ops whose float32 arithmetic ONNX Runtime does exactly as numpy (IEEE operations), with one or two
 # quantized operands: their QuantizeLinear scale is chosen to reproduce our rounding (_Builder._rounding_scale)
 _ENUMERABLE = frozenset({"relu", "clip", "neg", "abs", "leaky_relu", "hardsigmoid", "add", "sub", "mul", "div",
-                         "max", "min", "concat"})
+                         "max", "min", "concat", "where"})
 # int8 ops whose results are values of their data operand (requantized when their own type differs)
 _VALUE_OPS = frozenset({"reshape", "permute", "slice", "expand", "tile", "gather", "depth_to_space", "space_to_depth",
                         "maxpool", "resize"})
@@ -216,7 +227,7 @@ class _Builder:
         f32 = np.float32
         operands = []               # per operand: (ours, ort) float32 arrays, or a quantized grid
         grids = []
-        for i in n.inputs[:1] if op == "relu_identity" else n.inputs:
+        for i in n.inputs[:1] if op == "relu_identity" else n.inputs[1:] if op == "where" else n.inputs:
             if i is None:
                 operands.append(None)
                 continue
@@ -232,16 +243,20 @@ class _Builder:
                 grids.append(len(operands) - 1)
             else:
                 return None
-        if not grids or (op != "concat" and len(grids) > 2):
+        if not grids or (op not in ("concat", "where") and len(grids) > 2):
             return None
         top = Node(f"top.{op}", n.name, list(n.inputs), dict(n.attrs), n.shape, "float32")
         ours_l, ort_l = [], []
-        if op == "concat":           # each input is requantized on its own
+        if op in ("concat", "where"):       # each data input is requantized on its own
             for k in grids:
                 qi = operands[k]
                 ks = np.arange(qi.qmin, qi.qmax + 1)
                 ours_l.append(quant.dequantize(ks, qi))
                 ort_l.append((ks - int(qi.zero_point)).astype(f32) * f32(qi.scale))
+            for v in operands:          # scalar constants are requantized as well
+                if isinstance(v, tuple):
+                    ours_l.append(v[0].ravel())
+                    ort_l.append(v[1].ravel())
         else:
             sizes = [operands[k].qmax - operands[k].qmin + 1 for k in grids]
             xs_ours, xs_ort = [], []
@@ -290,8 +305,7 @@ class _Builder:
         from onnx import helper
         unsupported: dict[str, list[str]] = {}
         for n in self.g.nodes:
-            if n.op.startswith("tpu.") and _short(n.op) not in SUPPORTED and not (
-                    n.op == "tpu.cast"):
+            if n.op not in ("top.input", "top.weight") and _short(n.op) not in SUPPORTED:
                 unsupported.setdefault(_short(n.op), []).append(n.name)
         if unsupported:
             listing = "; ".join(f"{t} ({', '.join(v[:5])}{', ...' if len(v) > 5 else ''})"
@@ -582,9 +596,10 @@ def build_model(lowered: Graph, float_graph: Graph | None = None, extra_outputs=
     return ExportResult(model, b.qdq_pairs, b.quant_weights, b.float_ops, b.int_ops, b.opset)
 
 
-def check_model(model) -> str:
-    """onnx.checker (full check, with shape inference), then an ONNX Runtime session when it is installed.
-    Returns a note on what ran; raises UserError when a check fails."""
+def check_model(model, optimize: bool = True) -> str:
+    """onnx.checker (full check, with shape inference), then an ONNX Runtime session when it is installed (with
+    its graph optimizations off when `optimize` is False). Returns a note on what ran; raises UserError when a
+    check fails."""
     import onnx
     data = model.SerializeToString()
     try:
@@ -597,12 +612,15 @@ def check_model(model) -> str:
         return "onnx.checker passed; ONNX Runtime not installed, load check skipped"
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise UserError(f"ONNX Runtime cannot load the exported model: {str(e).strip().splitlines()[0][:400]}"
                         ) from None
-    return f"onnx.checker passed; ONNX Runtime {ort.__version__} loads it"
+    return f"onnx.checker passed; ONNX Runtime {ort.__version__} loads it" + (
+        "" if optimize else " (graph optimizations off)")
 
 
 def export_qdq(o: ExportQdqOptions) -> int:
@@ -629,7 +647,8 @@ def export_qdq(o: ExportQdqOptions) -> int:
     for n in res.notes:
         print(f"note: {n}", file=sys.stderr)
     ex = build_model(res.graph, res.float_graph, u8_weights=o.weight_type == "uint8")
-    note = check_model(ex.model)
+    int4 = ex.opset == OPSET_INT4
+    note = check_model(ex.model, optimize=not int4)
     data = ex.model.SerializeToString()
     with atomic_path(o.output) as tmp, open(tmp, "wb") as f:
         f.write(data)
@@ -637,6 +656,9 @@ def export_qdq(o: ExportQdqOptions) -> int:
           f"{ex.qdq_pairs} activation QDQ pairs, {ex.quant_weights} integer weights, opset {ex.opset} "
           f"in {time.time() - t0:.1f}s; {note}")
     print(f"-> {o.output}")
+    if int4:
+        print("note: int4 tensors: ONNX Runtime 1.32's graph optimizer fails on int4 QuantizeLinear after Clip "
+              "(ClipQuantFusion); run the model with graph_optimization_level ORT_DISABLE_ALL", file=sys.stderr)
     if ex.quant_weights and o.weight_type == "int8":
         print("note: ONNX Runtime on x86 CPUs without VNNI saturates int8 products in its default kernels; run "
               "with the session option session.x64quantprecision=1, or export with --weight_type uint8",

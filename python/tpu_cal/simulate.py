@@ -119,15 +119,18 @@ def simulate_and_report(float_graph: Graph, lowered_graph: Graph, test_input: st
                         tolerance, plot_dir: str | None) -> int:
     """The `tpu-cal lower --test_input` hook: runs the float and the lowered module on `test_input` (.npz, .npy
     or an image, preprocessed as the float module says), prints the similarity of each model output to the
-    reference (the tensors of `test_reference` when given, else the float run), and returns 1 when a cosine or
-    euclidean similarity is below `tolerance` ([cosine] or [cosine, euclidean]), else 0."""
+    reference (the tensors of `test_reference` when given, else the float run), then the per-layer precision and
+    outlier tables of every tensor against the float run (`tpu_cal.layer_report`; layers below `tolerance` are
+    marked) and, with `plot_dir`, plots of the worst layers; returns 1 when a model output's cosine or euclidean
+    similarity is below `tolerance` ([cosine] or [cosine, euclidean]), else 0."""
     feeds = _load_feeds(test_input, float_graph)
     lnodes = lowered_graph.node_map()
     outs = [o for o in float_graph.outputs if o in lnodes]
     if not outs:
         raise UserError("the lowered module computes none of the float module's outputs "
                         f"({', '.join(float_graph.outputs)}); was it lowered from this module?")
-    fl, qt = run_both(float_graph, lowered_graph, feeds, names=outs)
+    layers = paired_names(float_graph, lowered_graph)          # every tensor, for the per-layer report
+    fl, qt = run_both(float_graph, lowered_graph, feeds, names=layers + [o for o in outs if o not in layers])
     ref = dict(fl)
     where = "float module"
     if test_reference:
@@ -144,8 +147,9 @@ def simulate_and_report(float_graph: Graph, lowered_graph: Graph, test_input: st
     print(table(["output", "cosine", "euclidean", "SNR dB"], rows,
                 title=f"simulated {lowered_graph.attrs.get('quantize', '')} module vs {where} on "
                       f"{os.path.basename(test_input)}:"))
-    if plot_dir:
-        print("note: --plot_dir: per-layer plots are not made yet", file=sys.stderr)
+    from .layer_report import report
+    text, _ = report(fl, qt, lowered_graph, tolerance, plot_dir, float_graph=float_graph, names=layers)
+    print(text)
     bad = []
     for name, cos, euc, _ in rows:
         if tol and cos < tol[0]:
