@@ -15,7 +15,6 @@ not exist.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import time
@@ -97,22 +96,12 @@ def prepare(o: LowerOptions, ctx=None) -> Lowered:
 
 
 def check_lowered(float_graph: Graph, lowered: Graph, o: LowerOptions) -> int:
-    """The hook after lowering: the quantized simulation and its reports (tpu_cal.simulate), when asked for."""
+    """The hook after lowering: the quantized simulation and its reports, when --test_input asks for them."""
     if not o.test_input:
         return 0
-    try:
-        simulate = importlib.import_module("tpu_cal.simulate")
-    except ModuleNotFoundError as e:
-        if e.name != "tpu_cal.simulate":
-            raise
-        print("note: --test_input: the quantized simulation (tpu_cal.simulate) is not available yet; skipped",
-              file=sys.stderr)
-        return 0
-    fn = getattr(simulate, "simulate_and_report", None)
-    if fn is None:
-        print("note: --test_input: tpu_cal.simulate has no simulate_and_report; skipped", file=sys.stderr)
-        return 0
-    return int(fn(float_graph, lowered, o.test_input, o.test_reference, o.tolerance, o.plot_dir) or 0)
+    from .simulate import simulate_and_report
+    return int(simulate_and_report(float_graph, lowered, o.test_input, o.test_reference, o.tolerance,
+                                   o.plot_dir) or 0)
 
 
 def summary_table(lowered: Graph, seconds: float) -> str:

@@ -9,7 +9,6 @@ on stderr, exit code 2, and no file written.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 import subprocess
 import sys
@@ -586,16 +585,6 @@ def test_cls_calibrated_module_needs_no_table_and_passes_agree(cls, tmp_path):
     gc = ir.load_graph(str(work / "cls_bm1684x.mlir"))
     assert gc.attrs["weight_file"] == "cls_bm1684x_weights.npz"
     assert_same_graph(ga, gc)
-
-
-@pytest.mark.real
-def test_cls_test_input_hook(cls, tmp_path):
-    if importlib.util.find_spec("tpu_cal.simulate") is not None:
-        pytest.skip("tpu_cal.simulate exists: its own tests cover --test_input")
-    rc, out, err = run_cli("lower", cls.mlir, "--quantize", "F32", "--processor", "bm1684x", "-o",
-                           tmp_path / "f.mlir", "--test_input", tmp_path / "in.npz")
-    assert rc == 0, err
-    assert "not available" in err
 
 
 BAD = ["qtable_unknown_names", "mode_chip_lacks", "qtable_mode_chip_lacks", "int8_without_threshold",
