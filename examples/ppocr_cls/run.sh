@@ -15,3 +15,6 @@ tpu-cal transform --model_name ppocr_cls --model_def "$model" \
 # Calibrate on the 64 crops (KLD + auto-tune, TPU-MLIR's defaults): a cali_table and the calibrated module
 tpu-cal calibrate "$out/ppocr_cls.mlir" --dataset "$here/images" --input_num 64 --tune_num 10 \
   -o "$out/ppocr_cls_cali_table" --save_mlir "$out/ppocr_cls_calibrated.mlir"
+# Lower to int8 for BM1684X and simulate it against the float module, layer by layer
+tpu-cal lower "$out/ppocr_cls_calibrated.mlir" --quantize INT8 --processor bm1684x \
+  -o "$out/ppocr_cls_bm1684x_int8.mlir" --test_input "$here/images/line1_096_0.png"
