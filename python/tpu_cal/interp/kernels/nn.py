@@ -178,15 +178,16 @@ def _matmul_items(fn, items):
 
 
 # ----------------------------------------------------------------------------------------------- convolution
+def _conv_attrs(a: dict, nsp: int, w):
+    """kernel, strides, dilations, pads and group of a conv-family op, with ONNX's defaults for empty lists."""
+    return (list(a["kernel_shape"]) or list(w.shape[2:]), list(a["strides"]) or [1] * nsp,
+            list(a["dilations"]) or [1] * nsp, list(a["pads"]) or [0] * (2 * nsp), int(a["group"]))
+
+
 @impl("top.conv")
 def conv(node, x, w, b, shape):
-    a = node.attrs
     nsp = x.ndim - 2
-    k = list(a["kernel_shape"]) or list(w.shape[2:])
-    s = list(a["strides"]) or [1] * nsp
-    d = list(a["dilations"]) or [1] * nsp
-    p = list(a["pads"]) or [0] * (2 * nsp)
-    g = int(a["group"])
+    k, s, d, p, g = _conv_attrs(node.attrs, nsp, w)
     x = np.asarray(x)
     w = np.asarray(w, dtype=x.dtype)
     if b is not None:
@@ -439,14 +440,9 @@ def _dw_flat(x, w, b, k, s, p, d, OH, OW, chunk_bytes=2 << 20):
 @impl("top.deconv")
 def deconv(node, x, w, b, shape):
     """ONNX ConvTranspose: filter [Cin, Cout/group, k...]; output = s*(in-1) + op + (k-1)*d + 1 - pads."""
-    a = node.attrs
     nsp = x.ndim - 2
-    k = list(a["kernel_shape"]) or list(w.shape[2:])
-    s = list(a["strides"]) or [1] * nsp
-    d = list(a["dilations"]) or [1] * nsp
-    p = list(a["pads"]) or [0] * (2 * nsp)
-    op = list(a["output_padding"]) or [0] * nsp
-    g = int(a["group"])
+    k, s, d, p, g = _conv_attrs(node.attrs, nsp, w)
+    op = list(node.attrs["output_padding"]) or [0] * nsp
     x = np.asarray(x)
     w = np.asarray(w, dtype=x.dtype)
     N, C = x.shape[:2]
