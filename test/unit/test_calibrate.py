@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,22 +20,13 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from tpu_cal import ir
+from clitools import run_cli, run_opt
 
 N_SAMPLES = 8
 HW = 32
 
 
 # ----------------------------------------------------------------------------- helpers
-def run_cli(*args, cwd=None):
-    r = subprocess.run([sys.executable, "-m", "tpu_cal.tools.tpu_cal_main", *map(str, args)], capture_output=True,
-                       text=True, cwd=cwd)
-    return r.returncode, r.stdout, r.stderr
-
-
-def run_opt(*args):
-    r = subprocess.run([sys.executable, "-m", "tpu_cal.tools.tpu_cal_opt", *map(str, args)], capture_output=True,
-                       text=True)
-    return r.returncode, r.stdout, r.stderr
 
 
 def read_table(path) -> tuple[dict, dict]:

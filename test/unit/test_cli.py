@@ -1,8 +1,6 @@
 """`tpu-cal transform` end to end: outputs, verification against ONNX Runtime, and every bad-input path
 (one clear line, exit code 2, no traceback, no output file left behind)."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -13,6 +11,7 @@ from onnx import numpy_helper as nh
 
 from tpu_cal import ir
 from tpu_cal.interp.core import Interpreter
+from clitools import run_cli
 
 
 def _model(path, op_types=("Add", "Relu"), dyn_batch=False):
@@ -30,11 +29,6 @@ def _model(path, op_types=("Add", "Relu"), dyn_batch=False):
     onnx.save(m, path)
     return path
 
-
-def run_cli(*args, cwd=None):
-    r = subprocess.run([sys.executable, "-m", "tpu_cal.tools.tpu_cal_main", *args], capture_output=True, text=True,
-                       cwd=cwd)
-    return r.returncode, r.stdout, r.stderr
 
 
 def _assert_clean_error(rc, err, *needles):

@@ -17,8 +17,6 @@ instead of 0.998). `--weight_type uint8` (zero point 128) avoids it without the 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -31,16 +29,12 @@ from tpu_cal.export_qdq import build_model, check_model
 from tpu_cal.graph import Graph, Node
 from tpu_cal.interp.core import Interpreter
 from tpu_cal.metrics import cosine
+from clitools import calibrated_cls, run_cli
 
 ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime judges the export")
 onnx = pytest.importorskip("onnx")
 from onnx import numpy_helper  # noqa: E402
 
-
-def run_cli(*args, cwd=None):
-    r = subprocess.run([sys.executable, "-m", "tpu_cal.tools.tpu_cal_main", *map(str, args)], capture_output=True,
-                       text=True, cwd=cwd)
-    return r.returncode, r.stdout, r.stderr
 
 
 def session(model, optimize=True):
@@ -285,41 +279,17 @@ def test_rounding_scales_reproduce_our_ties():
 
 
 # ----------------------------------------------------------------------------- the bundled PP-OCR classifier
-def _crops(folder, n=4):
-    sk_data = pytest.importorskip("skimage.data", reason="scikit-image provides the text image")
-    from PIL import Image
-    page = sk_data.page()
-    os.makedirs(folder, exist_ok=True)
-    for k in range(n):
-        strip = np.ascontiguousarray(page[k * 45:k * 45 + 45])
-        Image.fromarray(strip).save(os.path.join(folder, f"line{k}.png"))
-        Image.fromarray(np.ascontiguousarray(strip[::-1, ::-1])).save(os.path.join(folder, f"line{k}_180.png"))
-
 
 @pytest.fixture(scope="module")
 def cls(tmp_path_factory):
-    from tpu_cal.zoo import ModelUnavailable
-    from tpu_cal.zoo.ppocr import ppocr
-    try:
-        model = ppocr("cls")
-    except ModelUnavailable as e:
-        pytest.skip(f"model unavailable: {e}")
-    d = tmp_path_factory.mktemp("cls")
-    _crops(str(d / "crops"))
-    rc, _, err = run_cli("transform", "--model_name", "cls", "--model_def", model, "--mlir", d / "cls.mlir",
-                         "--input_shapes", "[[1,3,48,192]]", "--mean", "127.5,127.5,127.5",
-                         "--scale", "0.0078431,0.0078431,0.0078431", "--pixel_format", "bgr")
-    assert rc == 0, err
-    rc, _, err = run_cli("calibrate", d / "cls.mlir", "--dataset", d / "crops", "-o", d / "cls.cali",
-                         "--tune_num", "2")
-    assert rc == 0, err
-    g = ir.load_graph(str(d / "cls.mlir"))
     from tpu_cal.preprocess import Preprocess, load_inputs
+    c = calibrated_cls(tmp_path_factory.mktemp("cls"))
+    g = c.graph = ir.load_graph(str(c.mlir))
     nodes = g.node_map()
     pre = Preprocess.from_attrs(g.attrs.get("preprocess"))
-    feeds = [load_inputs(str(d / "crops" / f), [nodes[i] for i in g.inputs], pre)
-             for f in sorted(os.listdir(d / "crops"))]
-    return SimpleNamespace(dir=d, mlir=d / "cls.mlir", table=d / "cls.cali", graph=g, feeds=feeds)
+    c.feeds = [load_inputs(str(c.dir / "crops" / f), [nodes[i] for i in g.inputs], pre)
+               for f in sorted(os.listdir(c.dir / "crops"))]
+    return c
 
 
 def lowered(mlir, table, quantize="INT8", qtable=None):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
-import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,21 +19,12 @@ from tpu_cal import ir, lowering, quant
 from tpu_cal.errors import UserError
 from tpu_cal.formats.qtable import parse_qtable
 from tpu_cal.graph import Graph, Node
+from clitools import calibrated_cls, run_cli, run_opt
 
 KIND = {"INT8": "i8", "INT4": "i4", "F32": "f32", "F16": "f16", "BF16": "bf16"}
 TH, LO, HI = "cali.threshold", "cali.min", "cali.max"
 
 
-def run_cli(*args, cwd=None):
-    r = subprocess.run([sys.executable, "-m", "tpu_cal.tools.tpu_cal_main", *map(str, args)], capture_output=True,
-                       text=True, cwd=cwd)
-    return r.returncode, r.stdout, r.stderr
-
-
-def run_opt(*args, cwd=None):
-    r = subprocess.run([sys.executable, "-m", "tpu_cal.tools.tpu_cal_opt", *map(str, args)], capture_output=True,
-                       text=True, cwd=cwd)
-    return r.returncode, r.stdout, r.stderr
 
 
 def assert_clean_error(rc, err, *needles):
@@ -453,36 +442,12 @@ def test_lower_needs_precisions():
 
 
 # ----------------------------------------------------------------------------- the real PP-OCR classifier
-def _crops(folder, n=4):
-    sk_data = pytest.importorskip("skimage.data", reason="scikit-image provides the text image")
-    from PIL import Image
-    page = sk_data.page()
-    os.makedirs(folder, exist_ok=True)
-    for k in range(n):
-        strip = np.ascontiguousarray(page[k * 45:k * 45 + 45])
-        Image.fromarray(strip).save(os.path.join(folder, f"line{k}.png"))
-        Image.fromarray(np.ascontiguousarray(strip[::-1, ::-1])).save(os.path.join(folder, f"line{k}_180.png"))
-
 
 @pytest.fixture(scope="module")
 def cls(tmp_path_factory):
-    from tpu_cal.zoo import ModelUnavailable
-    from tpu_cal.zoo.ppocr import ppocr
-    try:
-        model = ppocr("cls")
-    except ModelUnavailable as e:
-        pytest.skip(f"model unavailable: {e}")
-    d = tmp_path_factory.mktemp("cls")
-    _crops(str(d / "crops"))
-    rc, _, err = run_cli("transform", "--model_name", "cls", "--model_def", model, "--mlir", d / "cls.mlir",
-                         "--input_shapes", "[[1,3,48,192]]", "--mean", "127.5,127.5,127.5",
-                         "--scale", "0.0078431,0.0078431,0.0078431", "--pixel_format", "bgr")
-    assert rc == 0, err
-    rc, _, err = run_cli("calibrate", d / "cls.mlir", "--dataset", d / "crops", "-o", d / "cls.cali",
-                         "--tune_num", "2", "--save_mlir", d / "cls_cal.mlir")
-    assert rc == 0, err
-    return SimpleNamespace(dir=d, mlir=d / "cls.mlir", cal_mlir=d / "cls_cal.mlir", table=d / "cls.cali",
-                           graph=ir.load_graph(str(d / "cls.mlir")))
+    c = calibrated_cls(tmp_path_factory.mktemp("cls"))
+    c.graph = ir.load_graph(str(c.mlir))
+    return c
 
 
 def _lower(cls, out, *flags):

@@ -12,8 +12,6 @@ from __future__ import annotations
 import glob
 import math
 import os
-import subprocess
-import sys
 import zlib
 from fractions import Fraction
 
@@ -28,6 +26,7 @@ from tpu_cal.ops import TPU_OPS
 
 _load_kernels()
 from tpu_cal.interp.kernels import tpu as tpuk  # noqa: E402  (after the table is loaded)
+from clitools import run_cli
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 SAMPLES = os.path.join(ROOT, "examples", "ppocr_cls", "images")
@@ -835,11 +834,6 @@ def test_run_both_pairs_tensors_by_name_and_dequantizes():
 
 
 # ----------------------------------------------------------------------------------------------- end to end
-def run_cli(*args):
-    r = subprocess.run([sys.executable, "-m", "tpu_cal.tools.tpu_cal_main", *map(str, args)], capture_output=True,
-                       text=True)
-    return r.returncode, r.stdout, r.stderr
-
 
 @pytest.fixture(scope="module")
 def cls(tmp_path_factory):

@@ -1,0 +1,58 @@
+"""Helpers shared by the test files: running our console commands in a subprocess (as a user does), and the
+bundled PP-OCR classifier transformed and calibrated once on text-line crops of scikit-image's page."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+
+def _run(module: str, args, cwd=None):
+    r = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    return r.returncode, r.stdout, r.stderr
+
+
+def run_cli(*args, cwd=None):
+    """`tpu-cal ARGS` -> (exit code, stdout, stderr)."""
+    return _run("tpu_cal.tools.tpu_cal_main", args, cwd)
+
+
+def run_opt(*args, cwd=None):
+    """`tpu-cal-opt ARGS` -> (exit code, stdout, stderr)."""
+    return _run("tpu_cal.tools.tpu_cal_opt", args, cwd)
+
+
+def page_crops(folder, n=4):
+    """n horizontal strips of scikit-image's page.png and their 180-degree turns, as PNGs."""
+    sk_data = pytest.importorskip("skimage.data", reason="scikit-image provides the text image")
+    from PIL import Image
+    page = sk_data.page()
+    os.makedirs(folder, exist_ok=True)
+    for k in range(n):
+        strip = np.ascontiguousarray(page[k * 45:k * 45 + 45])
+        Image.fromarray(strip).save(os.path.join(folder, f"line{k}.png"))
+        Image.fromarray(np.ascontiguousarray(strip[::-1, ::-1])).save(os.path.join(folder, f"line{k}_180.png"))
+
+
+def calibrated_cls(d) -> SimpleNamespace:
+    """PP-OCR cls in folder d: transformed (cls.mlir), calibrated with KLD + 2 tune samples (cls.cali and the
+    calibrated module cls_cal.mlir) on page crops (d/crops); skips when the model cannot be had."""
+    from tpu_cal.zoo import ModelUnavailable
+    from tpu_cal.zoo.ppocr import ppocr
+    try:
+        model = ppocr("cls")
+    except ModelUnavailable as e:
+        pytest.skip(f"model unavailable: {e}")
+    page_crops(str(d / "crops"))
+    rc, _, err = run_cli("transform", "--model_name", "cls", "--model_def", model, "--mlir", d / "cls.mlir",
+                         "--input_shapes", "[[1,3,48,192]]", "--mean", "127.5,127.5,127.5",
+                         "--scale", "0.0078431,0.0078431,0.0078431", "--pixel_format", "bgr")
+    assert rc == 0, err
+    rc, _, err = run_cli("calibrate", d / "cls.mlir", "--dataset", d / "crops", "-o", d / "cls.cali",
+                         "--tune_num", "2", "--save_mlir", d / "cls_cal.mlir")
+    assert rc == 0, err
+    return SimpleNamespace(dir=d, mlir=d / "cls.mlir", cal_mlir=d / "cls_cal.mlir", table=d / "cls.cali")
