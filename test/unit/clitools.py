@@ -26,6 +26,16 @@ def run_opt(*args, cwd=None):
     return _run("tpu_cal.tools.tpu_cal_opt", args, cwd)
 
 
+def assert_clean_error(rc, err, *needles):
+    """A user error: exit code 2, no traceback, exactly one line on stderr, naming each of `needles`."""
+    assert rc == 2, err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
 def page_crops(folder, n=4):
     """n horizontal strips of scikit-image's page.png and their 180-degree turns, as PNGs."""
     sk_data = pytest.importorskip("skimage.data", reason="scikit-image provides the text image")

@@ -20,7 +20,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from tpu_cal import ir
-from clitools import run_cli, run_opt
+from clitools import assert_clean_error, run_cli, run_opt
 
 N_SAMPLES = 8
 HW = 32
@@ -105,15 +105,6 @@ def ort_tensors(onnx_path: str, feeds: list[dict]) -> dict[str, np.ndarray]:
         for n, v in zip(names, sess.run(None, f)):
             out.setdefault(f"{n}_{types[n]}", []).append(v)
     return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def assert_clean_error(rc, err, *needles):
-    assert rc == 2, err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 # ----------------------------------------------------------------------------- the toy model and its data

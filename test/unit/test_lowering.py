@@ -19,21 +19,12 @@ from tpu_cal import ir, lowering, quant
 from tpu_cal.errors import UserError
 from tpu_cal.formats.qtable import parse_qtable
 from tpu_cal.graph import Graph, Node
-from clitools import calibrated_cls, run_cli, run_opt
+from clitools import assert_clean_error, calibrated_cls, run_cli, run_opt
 
 KIND = {"INT8": "i8", "INT4": "i4", "F32": "f32", "F16": "f16", "BF16": "bf16"}
 TH, LO, HI = "cali.threshold", "cali.min", "cali.max"
 
 
-
-
-def assert_clean_error(rc, err, *needles):
-    assert rc == 2, err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 # ----------------------------------------------------------------------------- independent checks
