@@ -25,8 +25,6 @@ KIND = {"INT8": "i8", "INT4": "i4", "F32": "f32", "F16": "f16", "BF16": "bf16"}
 TH, LO, HI = "cali.threshold", "cali.min", "cali.max"
 
 
-
-
 # ----------------------------------------------------------------------------- independent checks
 def kind_of_type(node: Node) -> str:
     """The kind of a lowered value from its type text alone."""
