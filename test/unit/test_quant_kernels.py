@@ -33,6 +33,11 @@ SAMPLES = os.path.join(ROOT, "examples", "ppocr_cls", "images")
 
 
 # ----------------------------------------------------------------------------------------------- references
+# a 3x3 stride-2 pool with padding, used by the int8 pooling tests
+POOL_3X3_S2 = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "dilations": [1, 1],
+               "ceil_mode": False, "count_include_pad": False}
+
+
 def round_half_away(f: Fraction) -> int:
     n = math.floor(abs(f) + Fraction(1, 2))
     return n if f >= 0 else -n
@@ -584,8 +589,7 @@ def test_other_int8_ops_dequantize_compute_quantize():
     x = r.integers(-128, 128, (2, 3, 6, 6)).astype(np.int8)
     y = r.integers(-128, 128, (2, 2, 6, 6)).astype(np.int8)
     sc, bi = r.standard_normal(3).astype(np.float32), r.standard_normal(3).astype(np.float32)
-    pool = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "dilations": [1, 1],
-            "ceil_mode": False, "count_include_pad": False}
+    pool = dict(POOL_3X3_S2)
     b = Builder()
     b.input("x", x.shape, q1)
     b.input("y", y.shape, q2)
@@ -613,8 +617,7 @@ def test_data_movement_is_exact_on_int8():
     x = r.integers(-128, 128, (2, 8, 4, 6)).astype(np.int8)
     xs = r.integers(-128, 128, (2, 8, 4, 6)).astype(np.int8)
     idx = np.array([3, 0, 3, -1], np.int64)
-    pool = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "dilations": [1, 1],
-            "ceil_mode": False, "count_include_pad": False}
+    pool = dict(POOL_3X3_S2)
     b = Builder()
     b.input("x", x.shape, q)
     b.input("x2", xs.shape, q)
