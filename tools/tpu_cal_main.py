@@ -5,6 +5,8 @@ from tpu_cal.cli import main as _main
 
 
 def main():
+    from tpu_cal.native import keep_freed_memory
+    keep_freed_memory()
     sys.exit(_main())
 
 

@@ -418,6 +418,17 @@ class _Builder:
         return self.node("Reshape", [x, self.const("shape", [1, -1] + [1] * (ndim - 2), np.int64)], base=f"{x}_nc")
 
     def emit(self, n: Node, ins: list, out: str) -> str:
+        if not n.extra.get("do_relu"):
+            return self._emit_op(n, ins, out)
+        # a MAC op fused with its ReLU at lowering: the activation in float between the op and its QDQ, which is
+        # the form ONNX Runtime fuses into QLinearConv / QGemm with the activation
+        pre = self._emit_op(n, ins, self.fresh(f"{out}_pre_act"))
+        lim = float(n.extra.get("relu_limit", -1.0))
+        if lim < 0:
+            return self.node("Relu", [pre], out)
+        return self.node("Clip", [pre, self.const("min", np.float32(0)), self.const("max", np.float32(lim))], out)
+
+    def _emit_op(self, n: Node, ins: list, out: str) -> str:
         op = _short(n.op)
         a = n.attrs
         ndim = len(n.shape)

@@ -48,6 +48,11 @@ MAC_WEIGHT_AXIS = {"conv": 0, "deconv": 1, "matmul": -1}
 KEEP_SCALE_OPS = frozenset({"reshape", "permute", "slice", "pad", "maxpool", "expand", "tile", "depth_to_space",
                             "space_to_depth", "gather"})
 SHARED = ("top.input", "top.weight", "top.none")
+# Integer MAC ops absorb a following ReLU / ReLU6 as TPU-MLIR's conv `do_relu` / `relu_limit` do: the accumulator
+# is requantized straight to the activation's output type and clamped there, so the pre-activation tensor is never
+# held in int8 (its clipped-away range would cost a whole requantization step for nothing).
+FUSE_MAC_OPS = ("top.conv", "top.deconv", "top.matmul")
+ATTR_DO_RELU, ATTR_RELU_LIMIT = "do_relu", "relu_limit"
 _DROP_EXTRA = (ATTR_PRECISION, ATTR_TH, ATTR_MIN, ATTR_MAX)
 
 
@@ -211,6 +216,32 @@ def check_thresholds(graph: Graph, asym_ops=()) -> None:
         raise UserError(f"threshold not positive and finite for {', '.join(bad[:5])}")
 
 
+def fusable_activations(graph: Graph, prec: dict[str, str], asym=()) -> dict[str, str]:
+    """activation op name -> the conv/deconv/matmul it is fused into at lowering: a relu, or a clip with min 0 and
+    a positive max, whose only input is a MAC op of the same integer precision that nothing else reads (and
+    that is not a graph output), neither of them asymmetric."""
+    nodes = graph.node_map()
+    users = graph.users()
+    outputs = set(graph.outputs)
+    out = {}
+    for n in graph.nodes:
+        if n.op == "top.relu":
+            pass
+        elif n.op == "top.clip" and float(n.attrs["min"]) == 0.0 and float(n.attrs["max"]) > 0.0:
+            pass
+        else:
+            continue
+        src = nodes.get(n.inputs[0]) if n.inputs and n.inputs[0] is not None else None
+        if src is None or src.op not in FUSE_MAC_OPS or src.name in outputs or src.name in asym or n.name in asym:
+            continue
+        if prec.get(n.name) not in INT_MODES or prec.get(src.name) != prec.get(n.name):
+            continue
+        if [u.name for u in users.get(src.name, [])] != [n.name]:
+            continue
+        out[n.name] = src.name
+    return out
+
+
 # --------------------------------------------------------------------------------------------------- lowering
 def lower(graph: Graph, chip, asym_ops=()) -> Graph:
     """The tpu-dialect Graph of a graph whose compute ops carry `precision` (see `assign_precision`).
@@ -256,6 +287,8 @@ class _Lowering:
         self.value: dict[str, str] = {}                   # original name -> lowered name holding its value
         self._tq: dict[tuple[str, str], quant.QType] = {}
         self.n_casts = 0
+        self.fused = fusable_activations(graph, self.prec, self.asym)     # activation name -> MAC op name
+        self.absorbed = set(self.fused.values())
 
     # ----- names
     def _unique(self, base: str, pool: set) -> str:
@@ -395,7 +428,10 @@ class _Lowering:
                             n.result_type)
                 self.value[n.name] = self._emit(node, self._kind_of_orig(n))
                 continue
-            self.value[n.name] = self.lower_op(n)
+            if n.name in self.absorbed:              # lowered with its activation, under the activation's name
+                continue
+            mac = self.fused.get(n.name)
+            self.value[n.name] = self.lower_op(n if mac is None else self._fused(self.nodes[mac], n))
         outputs = []
         for o in g.outputs:
             if is_float(self.nodes[o]):
@@ -409,6 +445,15 @@ class _Lowering:
         attrs.update(state="lowered", chip=self.chip.name,
                      quantize=str(g.attrs.get("quantize") or self._most_common()))
         return Graph(g.name, list(g.inputs), outputs, self.out, self.weights, attrs)
+
+    @staticmethod
+    def _fused(mac: Node, act: Node) -> Node:
+        """The MAC op `mac` computing `act(mac)` under the activation's name, shape and calibration."""
+        extra = {k: v for k, v in mac.extra.items() if k not in _DROP_EXTRA}
+        extra.update({k: act.extra[k] for k in _DROP_EXTRA if k in act.extra})
+        extra[ATTR_DO_RELU] = True
+        extra[ATTR_RELU_LIMIT] = float(act.attrs["max"]) if act.op == "top.clip" else -1.0
+        return Node(mac.op, act.name, list(mac.inputs), dict(mac.attrs), act.shape, act.dtype, extra)
 
     def _most_common(self) -> str:
         c = Counter(p for p in self.prec.values() if p != NONE)

@@ -1,7 +1,7 @@
 // top-to-tpu lowers each op by its precision: quantized result types, per-channel int8 filters with an int32 bias,
 // f16-rounded constants, a tpu.cast wherever a value crosses precisions, outputs back to f32, and a new weight file
 // `<stem>_<chip>_weights.npz` next to the old one. Numbers worked out by hand:
-//   x: th 2.54 -> scale 0.02; conv: th 6.35 -> 0.05; relu: th 3.81 -> 0.03 (the reshape keeps it, not its own 3.0)
+//   x: th 2.54 -> scale 0.02; relu: th 3.81 -> 0.03 (the reshape keeps it, not its own 3.0)
 //   filter [[1, -0.5], [0.25, 2]]: per output channel 1/127 = 7.874016e-03 and 2/127 = 1.574803e-02
 //     -> [127, -63] (0.5 / 7.874016e-03 = 63.49999), [16, 127] (0.25 / 1.574803e-02 = 15.875)
 //   bias [0.5, -1] with scales 0.02 * s_w = 1.574803e-04, 3.149606e-04 -> [3175, -3175]
@@ -20,8 +20,9 @@
 // CHECK-NEXT:     %[[XQ:.*]] = "tpu.cast"(%[[X]]) : (tensor<1x2x2x2xf32>) -> tensor<1x2x2x2x!quant.uniform<i8:f32, 2.000000e-02>> loc("x_i8")
 // CHECK-NEXT:     %[[F:.*]] = "top.weight"() {name = "filter_int8"} : () -> tensor<2x2x1x1x!quant.uniform<i8:f32:0, {0.00787401{{[0-9]*}},0.01574803}>> loc("filter_int8")
 // CHECK-NEXT:     %[[B:.*]] = "top.weight"() {name = "bias_int32"} : () -> tensor<2x!quant.uniform<i32:f32:0, {1.57480{{[0-9]*}}E-4,3.14960{{[0-9]*}}E-4}>> loc("bias_int32")
-// CHECK-NEXT:     %[[C:.*]] = "tpu.conv"(%[[XQ]], %[[F]], %[[B]]) {{{.*}}precision = "INT8"{{.*}}-> tensor<1x2x2x2x!quant.uniform<i8:f32, 5.000000e-02>> loc("c_Conv")
-// CHECK-NEXT:     %[[R:.*]] = "tpu.relu"(%[[C]]) {precision = "INT8"} : ({{.*}}) -> tensor<1x2x2x2x!quant.uniform<i8:f32, 3.000000e-02>> loc("r_Relu")
+// The int8 conv and the relu that alone reads it are one tpu.conv under the relu's name, with the relu's type
+// (TPU-MLIR's do_relu): the conv's own threshold (6.35) is not used.
+// CHECK-NEXT:     %[[R:.*]] = "tpu.conv"(%[[XQ]], %[[F]], %[[B]]) {{{.*}}do_relu = true{{.*}}precision = "INT8", relu_limit = -1.0{{.*}}-> tensor<1x2x2x2x!quant.uniform<i8:f32, 3.000000e-02>> loc("r_Relu")
 // CHECK-NEXT:     %[[V:.*]] = "tpu.reshape"(%[[R]]) {precision = "INT8"} : ({{.*}}) -> tensor<1x8x!quant.uniform<i8:f32, 3.000000e-02>> loc("v_Reshape")
 // The softmax stays F32 (a float op of the chip): one dequantizing cast before it.
 // CHECK-NEXT:     %[[VF:.*]] = "tpu.cast"(%[[V]]) : (tensor<1x8x!quant.uniform<i8:f32, 3.000000e-02>>) -> tensor<1x8xf32> loc("v_Reshape_f32")
@@ -37,7 +38,9 @@
 
 // Asymmetric relu (range [0, 3.81] -> scale 3.81/255, zero point -128); the reshape keeps its type; the
 // softmax is F32, so the flag does not apply to it.
-// ASYM:       "tpu.relu"({{.*}}) -> tensor<1x2x2x2x!quant.uniform<i8:f32, 0.01494118:-128>> loc("r_Relu")
+// An asymmetric relu is not fused: the conv keeps its own (symmetric) type.
+// ASYM:       "tpu.conv"({{.*}}) -> tensor<1x2x2x2x!quant.uniform<i8:f32, 5.000000e-02>> loc("c_Conv")
+// ASYM-NEXT:  "tpu.relu"({{.*}}) -> tensor<1x2x2x2x!quant.uniform<i8:f32, 0.01494118:-128>> loc("r_Relu")
 // ASYM-NEXT:  "tpu.reshape"({{.*}}) -> tensor<1x8x!quant.uniform<i8:f32, 0.01494118:-128>> loc("v_Reshape")
 // ASYM:       "tpu.softmax"({{.*}}) -> tensor<1x8xf32> loc("s_Softmax")
 // The constant read by the INT8 add stays the exact f32 array, with no cast.

@@ -307,7 +307,10 @@ def test_int8_weights_dequantize_within_half_a_step(lowered_int8):
     s_x = quant.exact_scale(2.5 / 127)
     s_rs = quant.exact_scale(4.0 / 127)
     s_r1 = s_rs
-    for op, w, b, axis, s_in in (("c1", "cw", "cb", 0, s_x), ("mm", "mw", "mb", 1, s_rs),
+    # c1 -> r1 (relu) is one fused int8 conv named r1, requantized straight to r1's type (TPU-MLIR's do_relu)
+    assert "c1" not in nodes and nodes["r1"].op == "tpu.conv" and nodes["r1"].extra["do_relu"]
+    assert nodes["r1"].extra["relu_limit"] == -1.0 and nodes["r1"].qtype == quant.symmetric(4.0, "i8")
+    for op, w, b, axis, s_in in (("r1", "cw", "cb", 0, s_x), ("mm", "mw", "mb", 1, s_rs),
                                  ("dc", "dw", "db", 1, s_r1)):
         assert nodes[op].inputs[1:] == [f"{w}_int8", f"{b}_int32"]
         ints, wn = weight_of(low, f"{w}_int8")
@@ -415,7 +418,8 @@ def test_asymmetric_ops_and_int4():
     low = lowering.lower(g, "bm1688")
     casts = check_casts(g, low, prec)
     nodes = low.node_map()
-    assert nodes["c1"].qtype == quant.QType("i4", quant.exact_scale(5.0 / 7))
+    assert "c1" not in nodes and nodes["r1"].op == "tpu.conv"       # fused with its relu, in r1's int4 type
+    assert nodes["r1"].qtype == quant.QType("i4", quant.exact_scale(4.0 / 7))
     assert "rs_i8" in {c.name for c in casts} and "mm_i4" in {c.name for c in casts}
     ints, wn = weight_of(low, "cw_int4")
     assert wn.qtype.storage == "i4" and ints.min() >= -8 and ints.max() <= 7
@@ -466,25 +470,32 @@ def test_cls_int8_precisions_casts_weights(cls, tmp_path):
                                             "top.log_softmax") else "INT8") for n in g.compute_nodes()}
     assert "F32" in expected.values()
     lnodes = low.node_map()
-    assert {n: lnodes[n].extra["precision"] for n in expected} == expected
+    # each conv followed by its ReLU is one int8 conv under the ReLU's name (do_relu); nothing else is fused
+    fused = lowering.fusable_activations(g, expected)
+    absorbed = set(fused.values())
+    assert len(fused) >= 5 and all(lnodes[a].op == "tpu.conv" and lnodes[a].extra["do_relu"] for a in fused)
+    assert not absorbed & set(lnodes)
+    kept = {n: p for n, p in expected.items() if n not in absorbed}
+    assert {n: lnodes[n].extra["precision"] for n in kept} == kept
     casts = check_casts(g, low, expected)
     rows = _summary(stdout)
-    assert rows == {"INT8": list(expected.values()).count("INT8"), "F32": list(expected.values()).count("F32"),
+    assert rows == {"INT8": list(kept.values()).count("INT8"), "F32": list(kept.values()).count("F32"),
                     "casts": len(casts)}
     keep = {"top.reshape", "top.maxpool"}
     gnodes = g.node_map()
     n_weights = 0
     for n in g.compute_nodes():
-        ln = lnodes[n.name]
-        if expected[n.name] != "INT8":
+        if expected[n.name] != "INT8" or n.name in absorbed:
             continue
+        ln = lnodes[n.name]
         src = n.name
         while gnodes[src].op in keep:                          # data movement: its input's threshold
             src = gnodes[src].inputs[0]
         assert ln.qtype.scale == quant.exact_scale(table[src] / 127), n.name
-        if n.op == "top.conv":
+        mac = gnodes[fused.get(n.name, n.name)]
+        if mac.op == "top.conv":
             ints, wn = weight_of(low, ln.inputs[1])
-            check_per_channel(g.weights[gnodes[n.inputs[1]].attrs["name"]], ints, wn.qtype, 0)
+            check_per_channel(g.weights[gnodes[mac.inputs[1]].attrs["name"]], ints, wn.qtype, 0)
             n_weights += 1
     assert n_weights == sum(n.op == "top.conv" for n in g.nodes)
     assert low.attrs["weight_file"] == "cls_int8_weights.npz"
@@ -506,14 +517,18 @@ def test_cls_qtable_and_chips(cls, tmp_path):
     low = ir.load_graph(str(out))
     expected = {n.name: "INT8" for n in g.compute_nodes()}
     expected.update({convs[0]: "F16", convs[5]: "BF16", reshape: "F32"})
-    assert {n: low.node_map()[n].extra["precision"] for n in expected} == expected
+    absorbed = set(lowering.fusable_activations(g, expected).values())      # int8 convs fused with a ReLU
+    assert convs[0] not in absorbed and convs[5] not in absorbed
+    kept = {n: p for n, p in expected.items() if n not in absorbed}
+    assert {n: low.node_map()[n].extra["precision"] for n in kept} == kept
     check_casts(g, low, expected)
     # cv18xx has neither F16 nor F32: both become BF16
     out = tmp_path / "cv.mlir"
     _lower(cls, out, "--quantize", "INT8", "--processor", "cv183x", "--quantize_table", q)
     low = ir.load_graph(str(out))
     expected.update({convs[0]: "BF16", reshape: "BF16"})
-    assert {n: low.node_map()[n].extra["precision"] for n in expected} == expected
+    kept.update({convs[0]: "BF16", reshape: "BF16"})
+    assert {n: low.node_map()[n].extra["precision"] for n in kept} == kept
     check_casts(g, low, expected, float_kind="bf16")
 
 

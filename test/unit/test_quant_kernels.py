@@ -234,7 +234,7 @@ CONV_CASES = {
 
 
 def _run_int_conv(case, r, s_in=None, s_w=None, s_out=None, x=None, w=None, bias_vals=None, out_storage="i8",
-                  out_zp=0, in_storage="i8"):
+                  out_zp=0, in_storage="i8", extra=None):
     N, C, Co, H, W, k, st, pads, dil, group, has_bias, zx = case
     q_in = quant.QType(in_storage, s_in if s_in is not None else quant.exact_scale(r.uniform(0.01, 0.05)), zx)
     if x is None:
@@ -259,6 +259,7 @@ def _run_int_conv(case, r, s_in=None, s_w=None, s_out=None, x=None, w=None, bias
         b.weight("b", bias, quant.QType("i32", quant.exact_scale(q_in.scale * s_w), 0, 0))
         ins[2] = "b"
     b.op("conv", "y", ins, (N, Co, OH, OW), q_out, attrs=conv_attrs(k, st, pads, dil, group))
+    b.nodes[-1].extra.update(extra or {})
     got = b.run({"x": x}, ["y"])["y"]
     real = float(q_in.scale) * np.asarray(s_w, np.float64) / float(s_out)
     return got, ref_requant(ref, real, 1, q_out), b
@@ -271,6 +272,21 @@ def test_int8_conv_is_bit_exact(name):
     assert got.dtype == np.int8 and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
     assert 0 < np.count_nonzero(want) and len(np.unique(want)) > 20      # not a degenerate comparison
+
+
+@pytest.mark.parametrize("name,limit,out_zp", [("depthwise_dilation", 6.0, 0), ("plain_3x3_bias", -1.0, 0),
+                                                ("pointwise_no_bias", 2.5, -40)])
+def test_int8_conv_with_fused_relu_clamps_the_requantized_result(name, limit, out_zp):
+    """do_relu / relu_limit (lowering fuses conv -> relu / relu6): the integer result clamped to
+    [q(0), q(limit)] equals requantizing relu(real value), which the reference computes exactly."""
+    r = rng(zlib.crc32(name.encode()) + 1)
+    fused, plain, b = _run_int_conv(CONV_CASES[name], r, out_zp=out_zp,
+                                    extra={"do_relu": True, "relu_limit": limit})
+    q = b.nodes[-1].qtype
+    hi = q.qmax if limit < 0 else min(q.qmax, round_half_away(Fraction(limit) / Fraction(float(q.scale))) + out_zp)
+    want = np.clip(plain.astype(np.int64), out_zp, hi)
+    np.testing.assert_array_equal(fused, want)
+    assert (plain < out_zp).sum() > 0 and (limit < 0 or (plain > hi).sum() > 0)    # both clamps were exercised
 
 
 def test_int8_conv_ties_round_half_away_from_zero():

@@ -184,8 +184,22 @@ def _conv_attrs(a: dict, nsp: int, w):
             list(a["dilations"]) or [1] * nsp, list(a["pads"]) or [0] * (2 * nsp), int(a["group"]))
 
 
+def fused_relu(node, y):
+    """A conv/deconv/matmul that lowering fused with its ReLU (`do_relu`, `relu_limit` < 0: none), as TPU-MLIR's."""
+    if not node.extra.get("do_relu"):
+        return y
+    lim = float(node.extra.get("relu_limit", -1.0))
+    y = np.asarray(y)
+    out = y if y.flags.writeable else None
+    return np.clip(y, 0, lim, out=out) if lim >= 0 else np.maximum(y, 0, out=out)
+
+
 @impl("top.conv")
 def conv(node, x, w, b, shape):
+    return fused_relu(node, _conv(node, x, w, b))
+
+
+def _conv(node, x, w, b):
     nsp = x.ndim - 2
     k, s, d, p, g = _conv_attrs(node.attrs, nsp, w)
     x = np.asarray(x)
@@ -439,6 +453,10 @@ def _dw_flat(x, w, b, k, s, p, d, OH, OW, chunk_bytes=2 << 20):
 # ----------------------------------------------------------------------------------------------- deconvolution
 @impl("top.deconv")
 def deconv(node, x, w, b, shape):
+    return fused_relu(node, _deconv(node, x, w, b))
+
+
+def _deconv(node, x, w, b):
     """ONNX ConvTranspose: filter [Cin, Cout/group, k...]; output = s*(in-1) + op + (k-1)*d + 1 - pads."""
     nsp = x.ndim - 2
     k, s, d, p, g = _conv_attrs(node.attrs, nsp, w)

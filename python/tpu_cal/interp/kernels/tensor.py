@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core import impl
+from .nn import fused_relu
 
 
 @impl("top.input")
@@ -100,7 +101,7 @@ def matmul(node, a, b, bias, shape):
     y = np.matmul(a, b)
     if bias is not None:
         y = np.add(y, bias, out=y) if isinstance(y, np.ndarray) and y.ndim and y.flags.writeable else y + bias
-    return np.asarray(y).astype(node.dtype, copy=False)
+    return fused_relu(node, np.asarray(y).astype(node.dtype, copy=False))
 
 
 @impl("top.layer_norm")

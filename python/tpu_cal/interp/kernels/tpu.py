@@ -627,9 +627,22 @@ class BoundTpuKernel:
             acc = np.asarray(np.matmul(xf, wf))       # the float kernel would cast a float64 sum to float32
             if rq.C > 1 and (acc.ndim == 0 or acc.shape[-1] != rq.C):
                 return None
-            return rq(acc, -1 if rq.C > 1 else None)
-        acc = np.asarray(KERNELS["top." + op](self.float_node(node), xf, wf, None, shape=shape))
-        return rq(acc, 1 if rq.C > 1 else None)
+            return self._relu(node, q_out, rq(acc, -1 if rq.C > 1 else None))
+        if "acc_node" not in c:              # the accumulator is taken before any fused ReLU
+            c["acc_node"] = dataclasses.replace(self.float_node(node), extra={})
+        acc = np.asarray(KERNELS["top." + op](c["acc_node"], xf, wf, None, shape=shape))
+        return self._relu(node, q_out, rq(acc, 1 if rq.C > 1 else None))
+
+    @staticmethod
+    def _relu(node, q: quant.QType, y: np.ndarray) -> np.ndarray:
+        """A fused ReLU / ReLU6 on the requantized result: a clamp in the integer domain. Rounding is monotone
+        and maps 0 to the zero point, so this equals quantizing the clipped real value."""
+        if not node.extra.get("do_relu"):
+            return y
+        lim = float(node.extra.get("relu_limit", -1.0))
+        lo = int(quant.quantize(np.array([0.0]), q)[0])
+        hi = int(quant.quantize(np.array([lim]), q)[0]) if lim >= 0 else None
+        return np.clip(y, lo, hi, out=y)
 
     # ----- casts
     def cast(self, node: Node, x):
