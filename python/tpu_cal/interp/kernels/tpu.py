@@ -101,21 +101,29 @@ def _pieces(n: int, per: int = _CHUNK):
 
 
 # ------------------------------------------------------------------------------------------ quantize / requant
-def quantize(y, q: quant.QType) -> np.ndarray:
+def quantize(y, q: quant.QType, f32_quotient: bool = False) -> np.ndarray:
     """`quant.quantize` (y / s in float64, round half away from zero, + zero point, saturate), in cache-sized
-    pieces; the same arithmetic, so bit-identical."""
+    pieces; the same arithmetic, so bit-identical. `f32_quotient`: y / s is a float32 division (then rounded
+    half away from zero), as a float unit quantizing float data does (ONNX Runtime's QuantizeLinear, the chip's
+    cast): the float64 quotient would put values a few ulps below a .5 on the other side of it."""
     if q.axis is not None:
-        return quant.quantize(y, q)
+        return quant.quantize(np.asarray(np.float32(y) / np.float32(q.scale), np.float64) * float(q.scale)
+                              if f32_quotient else y, q)
     y = np.asarray(y)
     src = y.reshape(-1) if y.flags.c_contiguous else np.ascontiguousarray(y).reshape(-1)
     out = np.empty(y.shape, q.dtype)
     of = out.reshape(-1)
     s, z, lo, hi = float(q.scale), float(q.zero_point), q.qmin, q.qmax
 
+    s32 = np.float32(s)
+
     def work(c):
         a, b = c
-        t = src[a:b].astype(np.float64)
-        np.divide(t, s, out=t)
+        if f32_quotient:
+            t = np.divide(src[a:b], s32, dtype=np.float32).astype(np.float64)
+        else:
+            t = src[a:b].astype(np.float64)
+            np.divide(t, s, out=t)
         h = np.copysign(0.5, t)
         t += h                      # t + 0.5 (t >= 0) or t - 0.5 (t < 0): exactly quant.round_half_away
         np.trunc(t, out=t)
@@ -664,7 +672,7 @@ class BoundTpuKernel:
                 return c["requant"](acc)
         v = self.dequant(x, src, node, 0)
         if dst.kind == "q":
-            return quantize(v, dst.q)
+            return quantize(v, dst.q, f32_quotient=src.kind != "q")
         if dst.kind in ("f32", "f16", "bf16"):
             v = np.asarray(v)
             if v.dtype != np.float32:
