@@ -478,10 +478,12 @@ def _judge(mlir, table, feeds_list, tmp_path, name):
 @pytest.mark.real
 def test_efficientnet_lite0_export_on_real_photos(tmp_path, zoo_model):
     """Full int8 EfficientNet-Lite0. End to end the simulator and ONNX Runtime differ by the roundings their
-    arithmetic cannot share (float32 and ties to even in ONNX Runtime, exact integers and ties away from zero in
-    ours: measured ~1e-4 of the int8 values of the first layers), which this model amplifies: its int8 output is
-    itself only ~0.96 cosine from float. So the bar here is the size of that effect (>= 0.995, measured 0.9976)
-    and that both are equally far from float; the cls test holds the strict 0.999."""
+    arithmetic cannot share: ONNX Runtime requantizes with float32 multipliers and ties to even, we with exact
+    integers and ties away from zero. Only ~5e-6 of the first conv's int8 values differ (float32 near-ties),
+    but each flipped value moves its neighbours across rounding boundaries in the next layer: the share of
+    differing values grows about tenfold every two blocks, to half of them by block 9 (bench/RESULTS.md). The
+    output keeps cosine 0.9988 between the two (0.9976 before the fused ReLU6 and the float32 input quotient),
+    so the bar here is 0.998, and both must be equally far from float; the cls test holds the strict 0.999."""
     from tpu_cal.zoo.efficientnet import efficientnet_lite0, preprocess
     model = zoo_model(efficientnet_lite0)
     cal = tmp_path / "cal"
@@ -501,7 +503,7 @@ def test_efficientnet_lite0_export_on_real_photos(tmp_path, zoo_model):
     feeds = [{"input": preprocess(img)[None]} for img in evals]
     r = _judge(tmp_path / "eff.mlir", tmp_path / "eff.cali", feeds, tmp_path, "efficientnet_lite0")
     assert r.float_err <= 1e-5
-    assert r.sim_ort >= 0.995
+    assert r.sim_ort >= 0.998
     assert abs(r.float_ort - r.float_sim) <= 0.01
     assert (r.qt.argmax(1) == r.ort.argmax(1)).mean() >= 0.75
 
