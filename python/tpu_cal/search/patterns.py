@@ -389,3 +389,70 @@ def shape_ops(graph: Graph) -> list[str]:
         if all(u in shape or not is_float(v.nodes[u]) for u in v.users[n.name]):
             shape.add(n.name)
     return v.sorted(shape)
+
+
+# ------------------------------------------------------------------------------- inside `tpu-cal calibrate`
+@dataclass
+class CalibrationTables:
+    """What calibrate writes beside its cali_table: planned from the graph before the long run (so bad options
+    fail at once), written after the table. `asym` goes into the table's #asym_op block."""
+    qtable_path: str
+    float_ops: list[str]
+    mode: str
+    chip: str
+    notes: list[str]
+    shape_path: str
+    shape: list[str]
+    asym: list[str]
+    log: list[str]
+
+    def write(self) -> None:
+        from .fp_forward import write_float_qtable
+        for line in self.log:
+            print(line)
+        if self.float_ops:
+            write_float_qtable(self.qtable_path, self.float_ops, self.mode, self.chip, self.notes)
+            print(f"The qtable has been generated in: {self.qtable_path} !!! ({len(self.float_ops)} ops in "
+                  f"{self.mode})")
+        if self.shape:
+            write_float_qtable(self.shape_path, self.shape, self.mode, self.chip, ["shape-computation ops"])
+            print(f"{len(self.shape)} shape-computation op(s) set to {self.mode} in {self.shape_path} (merge it "
+                  f"by hand with other qtables)")
+
+
+def plan_tables(graph: Graph, o) -> CalibrationTables:
+    """The pattern-match qtable (`<folder of -o>/qtable`, merged with --part_quantize's), the shape-op qtable
+    (`<folder of -o>/<model>_shape_ops`) and --part_asymmetric's ops, for calibrate's options `o` (output,
+    processor, fp_type, part_quantize, custom_operator, part_asymmetric)."""
+    import os
+
+    from ..chips import chip as get_chip, mix_float_type
+    from ..errors import UserError
+    from .part_quantize import asymmetric_ops, float_ops_part
+    chip = get_chip(getattr(o, "processor", None) or "bm1684x")
+    mode = mix_float_type(chip, getattr(o, "fp_type", "auto") or "auto")
+    part = getattr(o, "part_quantize", None)
+    custom = list(getattr(o, "custom_operator", None) or [])
+    if custom and part != "custom_mode":
+        raise UserError("--custom_operator is used with --part_quantize custom_mode")
+    asym = asymmetric_ops(graph) if getattr(o, "part_asymmetric", False) else []
+    if getattr(o, "part_asymmetric", False) and not chip.asymmetric:
+        raise UserError(f"--part_asymmetric: {chip.name} has no asymmetric int8 (choose another --processor)")
+    folder = os.path.dirname(os.path.abspath(o.output))
+    r = match(graph)
+    ops, notes, log = set(), [], []
+    if r is not None:
+        ops |= set(r.float_ops)
+        notes.append(f"pattern: {r.family} ({r.blocks} block(s))")
+        log += r.log
+    if part:
+        sel = float_ops_part(graph, part, custom)
+        ops |= set(sel)
+        notes.append(f"part_quantize {part}")
+        log.append(f"--part_quantize {part}: {len(sel)} op(s) left in {mode}")
+    if asym:
+        log.append(f"--part_asymmetric: {len(asym)} SiLU/GELU op(s) read only by conv/matmul are asymmetric "
+                   f"(#asym_op)")
+    order = {n.name: k for k, n in enumerate(graph.nodes)}
+    return CalibrationTables(os.path.join(folder, "qtable"), sorted(ops, key=order.__getitem__), mode, chip.name,
+                             notes, os.path.join(folder, f"{graph.name}_shape_ops"), shape_ops(graph), asym, log)
