@@ -258,6 +258,11 @@ def _through(v: View, name, forward: bool) -> list[str]:
     return out
 
 
+def _side(v: View, name) -> set[str]:
+    """`name` and, when it only moves data, the ops it moves data from."""
+    return {name} | (set(_through(v, name, False)) if v.op(name) in _TRANSPARENT else set())
+
+
 def _act_matmul(v: View, name) -> bool:
     return v.op(name) == "matmul" and len(v.acts(name)) == 2
 
@@ -300,7 +305,7 @@ def _family(v: View, atts) -> str:
         return "bert"
     av = {u for s, _ in atts for u in _through(v, s, True) if _act_matmul(v, u)}
     for a in v.of("add"):
-        sides = [set(_through(v, i, False)) | {i} for i in v.acts(a)]
+        sides = [_side(v, i) for i in v.acts(a)]
         if len(sides) == 2 and any(s & av for s in sides) and any(any(v.op(x) == "conv" for x in s) for s in sides):
             return "cswin"
     silu = set(_silu_outputs(v))
