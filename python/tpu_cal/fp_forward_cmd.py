@@ -49,6 +49,8 @@ def fp_forward(o: FpForwardOptions) -> int:
     if os.path.isdir(o.output) or not os.path.isdir(folder):
         raise UserError(f"{o.output}: cannot write a qtable there")
     g = ir.load_graph(o.mlir_file, ir.context())
+    if any(n.op.startswith("tpu.") for n in g.nodes):
+        raise UserError(f"{o.mlir_file}: a lowered (tpu) module; give the float top module from `tpu-cal transform`")
     names, rows = fp_layers(g, inputs, outputs, blocks)
     if not names:
         raise UserError("the selection holds no real-valued op (only inputs, indices or masks); no qtable written")

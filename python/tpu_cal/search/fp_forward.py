@@ -115,11 +115,12 @@ def fp_layers(graph: Graph, inputs=(), outputs=(), blocks=()) -> tuple[list[str]
 
 
 def write_float_qtable(path: str, names, mode: str, chip_name: str, notes=()) -> None:
-    """A qtable putting every op of `names` in `mode`, with TPU-MLIR's header comments; written atomically."""
+    """A qtable putting every op of `names` in `mode`, with TPU-MLIR's header; written atomically."""
     import datetime
 
-    from ..formats.qtable import write_qtable
+    from ..fileio import write_text
+    from ..formats.qtable import format_qtable
     names = list(names)
-    comments = [f"genetated time: {datetime.datetime.now()}", f"chip: {chip_name}  mix_mode: {mode}",
-                f"number of {mode} layer: {len(names)}", *notes, "##"]
-    write_qtable(path, {n: mode for n in names}, comments)
+    head = [f"# genetated time: {datetime.datetime.now()}", f"# chip: {chip_name}  mix_mode: {mode}",
+            f"# number of {mode} layer: {len(names)}", *(f"# {n}" for n in notes), "###"]
+    write_text(path, "\n".join(head) + "\n" + format_qtable({n: mode for n in names}))

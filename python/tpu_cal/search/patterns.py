@@ -101,11 +101,15 @@ class _Const:
 
 
 class REF:
+    """The op already bound to `tag`."""
+
     def __init__(self, tag):
         self.tag = tag
 
 
 class ALT:
+    """The first alternative that matches (no backtracking into the others once one has matched)."""
+
     def __init__(self, *alternatives):
         self.alternatives = alternatives
 
