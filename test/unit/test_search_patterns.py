@@ -274,12 +274,19 @@ def test_fp_forward_cli_and_lower(yolo8_run):
                 and n.op != "top.input"]
     assert list(q.modes) == [n.name for n in expected] and set(q.modes.values()) == {"F32"}
     assert "fp_forward selection" in out
+    head = open(d / "fp_qtable").read().splitlines()
+    assert head[1:4] == ["# chip: bm1684x  mix_mode: F32", f"# number of F32 layer: {len(q.modes)}",
+                         f"# quantize: INT8  fp_forward of yolov8.mlir"] and "###" in head
     rc, _, err = run_cli("lower", mlir, "--quantize", "INT8", "--processor", "bm1684x", "--calibration_table",
                          d / "yolo8.cali", "--quantize_table", d / "fp_qtable", "-o", d / "yolo8_fp.mlir")
     assert rc == 0, err
     low = ir.load_graph(str(d / "yolo8_fp.mlir")).node_map()
     assert all(low[n].extra["precision"] == "F32" for n in q.modes)
     assert low["/detect/cv2.1/cv2.1.2/Conv_output_0_Conv"].extra["precision"] == "INT8"
+    rc, _, err = run_cli("fp-forward", d / "yolo8_fp.mlir", "--processor", "bm1684x", "--fpfwd_outputs", last[0],
+                         "-o", d / "never")
+    assert_clean_error(rc, err, "lowered (tpu) module")
+    assert not os.path.exists(d / "never")
     assert nodes[last[0]].op == "top.conv"
     # blocks: space-separated words, as TPU-MLIR's nargs
     a, b = "/detect/dfl/Softmax_output_0_Softmax", "/detect/dfl/Reshape_1_output_0_Reshape"
