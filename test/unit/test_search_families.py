@@ -136,6 +136,16 @@ def test_vit_one_token_keeps_matmul_after_softmax(torch, tmp_path):
     assert len(av) == 2 and set(r.float_ops) == _ln_adds(g) | set(_names(g, "gelu")) | av
 
 
+def test_vit_20_blocks_keeps_matmul_after_gelu(torch, tmp_path):
+    _, _, Encoder = _parts(torch)
+    torch.manual_seed(0)
+    g = _import(torch, Encoder(d=8, tokens=1, depth=20), (1, 3, 16, 16), tmp_path)
+    r = patterns.match(g)
+    assert (r.family, r.blocks) == ("vit", 20)
+    fc2 = _users(g, _names(g, "gelu"), "matmul")
+    assert len(fc2) == 20 and set(r.float_ops) == _ln_adds(g) | set(_names(g, "gelu")) | fc2
+
+
 def test_eva_swiglu(torch, tmp_path):
     _, _, Encoder = _parts(torch)
     torch.manual_seed(0)

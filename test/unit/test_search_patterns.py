@@ -347,3 +347,14 @@ def test_calibrate_part_quantize_shape_ops_and_bad_input(tmp_path):
         rc, _, err = run_cli("calibrate", mlir, "--dataset", tmp_path / "data", "-o", tmp_path / "bad" / "t", *args)
         assert_clean_error(rc, err, *needles)
     assert not os.listdir(tmp_path / "bad")
+
+
+def test_plan_tables_leaves_search_qtable_alone(yolo8, tmp_path):
+    from types import SimpleNamespace
+    g, _ = yolo8
+    plain = patterns.plan_tables(g, SimpleNamespace(output=str(tmp_path / "t")))
+    assert len(plain.float_ops) == 8 and plain.mode == "F16" and plain.qtable_path == str(tmp_path / "qtable")
+    searched = patterns.plan_tables(g, SimpleNamespace(output=str(tmp_path / "t"), search="search_qtable",
+                                                       fp_type="F32", part_quantize="H_mode"))
+    assert searched.mode == "F32" and set(searched.float_ops) == set(pq.float_ops_part(g, "H_mode"))
+    assert plain.notes == ["pattern: yolov6_8_9_11_12 (1 block(s))"] and searched.notes == ["part_quantize H_mode"]

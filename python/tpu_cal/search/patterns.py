@@ -303,9 +303,18 @@ def _silu_outputs(v: View) -> list[str]:
     return out
 
 
+def _from_input(v: View, name) -> bool:
+    """`name` is a graph input, or reads one through casts and reshapes only (token ids for an embedding)."""
+    while name is not None and name not in v.g.inputs:
+        if v.op(name) not in ("cast", "reshape"):
+            return False
+        name = v.nodes[name].inputs[0]
+    return name is not None
+
+
 def _family(v: View, atts) -> str:
     g = v.g
-    if any(v.op(n) == "gather" and v.nodes[n].inputs[1] in g.inputs for n in v.of("gather")):
+    if any(_from_input(v, v.nodes[n].inputs[1]) for n in v.of("gather")):
         return "bert"
     av = {u for s, _ in atts for u in _through(v, s, True) if _act_matmul(v, u)}
     for a in v.of("add"):
@@ -448,7 +457,8 @@ def plan_tables(graph: Graph, o) -> CalibrationTables:
     if getattr(o, "part_asymmetric", False) and not chip.asymmetric:
         raise UserError(f"--part_asymmetric: {chip.name} has no asymmetric int8 (choose another --processor)")
     folder = os.path.dirname(os.path.abspath(o.output))
-    r = match(graph)
+    # as in TPU-MLIR, search_qtable writes the qtable itself and pattern-match stays out of its way
+    r = match(graph) if getattr(o, "search", None) != "search_qtable" else None
     ops, notes, log = set(), [], []
     if r is not None:
         ops |= set(r.float_ops)
