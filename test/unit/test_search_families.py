@@ -243,16 +243,28 @@ def test_detr_backbone_and_positional_query_key(torch, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- YOLO v7 / v10
-def _detector(torch, head: str):
+def _detector(torch, head: str, spp: bool = False):
     """SPPF backbone + one decoding head: 'v7' (xy = s*2k + g', wh = s^2 * 4a) or 'v10' (xyxy from distances)."""
     import test_real_cnn as cnn
     nn = torch.nn
     Conv, _, _, SPPF = cnn._yolo_modules(torch)
 
+    class SPP(nn.Module):
+        """YOLOv3-SPP / early YOLOv5: pools 5, 9, 13 side by side."""
+
+        def __init__(self, c1, c2):
+            super().__init__()
+            self.cv1, self.cv2 = Conv(c1, c1 // 2, 1), Conv(c1 // 2 * 4, c2, 1)
+            self.m = nn.ModuleList(nn.MaxPool2d(k, 1, k // 2) for k in (5, 9, 13))
+
+        def forward(self, x):
+            x = self.cv1(x)
+            return self.cv2(torch.cat([x] + [m(x) for m in self.m], 1))
+
     class Det(nn.Module):
         def __init__(self):
             super().__init__()
-            self.b = nn.Sequential(Conv(3, 16, 3, 2), Conv(16, 32, 3, 2), SPPF(32, 32))
+            self.b = nn.Sequential(Conv(3, 16, 3, 2), Conv(16, 32, 3, 2), SPP(32, 32) if spp else SPPF(32, 32))
             self.m = nn.Conv2d(32, 3 * 7 if head == "v7" else 4 + 3, 1)
             ny = nx = 4
             yv, xv = torch.meshgrid(torch.arange(ny), torch.arange(nx), indexing="ij")
@@ -276,13 +288,15 @@ def _detector(torch, head: str):
     return Det()
 
 
+@pytest.mark.parametrize("spp", [False, True], ids=["sppf", "spp"])
 @pytest.mark.parametrize("head,family,ops", [
     ("v7", "yolov7", ["top.mul", "top.add", "top.pow", "top.mul", "top.concat", "top.reshape"]),
     ("v10", "yolov10", ["top.sub", "top.add", "top.concat", "top.mul", "top.concat"])])
-def test_yolo_v7_v10_heads(torch, tmp_path, head, family, ops):
+def test_yolo_v7_v10_heads(torch, tmp_path, head, family, ops, spp):
     from tpu_cal.search.fp_forward import descendants
     torch.manual_seed(0)
-    g = _import(torch, _detector(torch, head), (1, 3, 16, 16), tmp_path)
+    g = _import(torch, _detector(torch, head, spp), (1, 3, 16, 16), tmp_path)
+    assert len(patterns.sppf_blocks(patterns.View(g))) == 1
     nodes = g.node_map()
     r = patterns.match(g)
     assert (r.family, r.blocks) == (family, 1)
@@ -293,3 +307,14 @@ def test_yolo_v7_v10_heads(torch, tmp_path, head, family, ops):
         expected -= set(_names(g, "sigmoid"))
     assert set(r.float_ops) == expected
     assert sorted(nodes[n].op for n in r.float_ops) == sorted(ops)
+
+
+def test_v7_head_without_spp_is_not_yolo(torch, tmp_path):
+    """Without SPP(F) only the anchor-free decoding identifies a detector: a v7-style head alone does not."""
+    import test_real_cnn as cnn
+    nn = torch.nn
+    det = _detector(torch, "v7")
+    Conv = cnn._yolo_modules(torch)[0]
+    det.b = nn.Sequential(Conv(3, 16, 3, 2), Conv(16, 32, 3, 2), nn.MaxPool2d(3, 1, 1))
+    g = _import(torch, det, (1, 3, 16, 16), tmp_path)
+    assert patterns.sppf_blocks(patterns.View(g)) == [] and patterns.match(g) is None

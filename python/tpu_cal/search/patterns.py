@@ -11,7 +11,7 @@ pattern is a small tree of ops matched on the graph itself (commutative operands
 a `top.weight`), so the same detector matches whatever order the exporter wrote.
 
 YOLO (v5 .. v12): a model is a YOLO detector when it holds SPPF — three chained stride-1 max-pools whose input
-and outputs meet in one concat — or, for the versions without SPPF, the anchor-free box decoding itself. Then
+and outputs meet in one concat (or SPP's three parallel pools) — or, for the versions without SPPF, the anchor-free box decoding itself. Then
 the first post-processing family (in the order below) that occurs gives the ops kept in float: the box decoding
 arithmetic with the anchor grids and strides, and every op after it (the final concats; TopK and gathers for
 v10). The families, in TPU-MLIR's names and with its op lists:
@@ -192,19 +192,18 @@ def _stride1_pool(v: View, name) -> bool:
 
 
 def sppf_blocks(v: View) -> list[str]:
-    """Concats joining three chained stride-1 max-pools (SPPF), with the first pool's input."""
+    """Concats joining three stride-1 max-pools with the first pool's input: chained (SPPF, YOLOv5 6.0 on) or
+    side by side on one input (SPP, older YOLOv5 and YOLOv3-SPP), which TPU-MLIR's op-string search also finds."""
     out = []
     for c in v.of("concat"):
-        ins = set(v.nodes[c].inputs)
-        for m3 in ins:
-            if not _stride1_pool(v, m3):
-                continue
-            m2 = v.nodes[m3].inputs[0]
-            if m2 in ins and _stride1_pool(v, m2):
-                m1 = v.nodes[m2].inputs[0]
-                if m1 in ins and _stride1_pool(v, m1):
-                    out.append(c)
-                    break
+        ins = v.nodes[c].inputs
+        pools = [i for i in ins if _stride1_pool(v, i)]
+        src = {p: v.nodes[p].inputs[0] for p in pools}          # each pool's input
+        chained = any(src[m3] in src and src[src[m3]] in src and src[src[src[m3]]] in ins for m3 in pools)
+        src = list(src.values())
+        parallel = len(pools) >= 3 and any(src.count(x) >= 3 and x in ins for x in set(src))
+        if chained or parallel:
+            out.append(c)
     return out
 
 
