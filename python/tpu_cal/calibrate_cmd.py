@@ -7,12 +7,15 @@ from dataclasses import dataclass
 
 from . import ir
 from .calibration import CalibrationConfig, attach, calibrate_graph
-from .cli import option
+from .chips import MIX_FLOAT_TYPES
+from .cli import name_list, option
 from .dataset import Dataset
 from .errors import UserError
 from .formats.cali_table import CaliTable, make_header, write_cali_table
 from .preprocess import Preprocess
 from .report import table
+from .search.part_quantize import MODES as PART_MODES
+from .search.patterns import plan_tables
 from .thresholds import canonical_method
 
 CALI_METHODS = ("use_kl", "use_mse", "use_max", "use_percentile9999", "use_aciq_gauss", "use_aciq_laplace",
@@ -36,6 +39,14 @@ class CalibrateOptions:
     print_stats: bool = option(False, help="print a per-tensor statistics table")
     save_mlir: str = option(None, help="write the calibrated module (thresholds attached) and its weights here")
     batch_size: int = option(16, help="samples run through the interpreter at once")
+    processor: str = option("bm1684x", aliases=("--chip",), help="target processor of the mixed-precision tables")
+    fp_type: str = option("auto", choices=MIX_FLOAT_TYPES, help="float type of the qtables' ops (auto: F16 where "
+                                                                 "the processor has it)")
+    part_quantize: str = option(None, choices=PART_MODES, help="quantize only some op types (N_mode, H_mode, "
+                                                               "custom_mode); the others go into the qtable")
+    custom_operator: list = option([], parse=name_list, help="op types custom_mode quantizes, e.g. Conv,MatMul")
+    part_asymmetric: bool = option(False, help="SiLU/GELU outputs read only by conv/matmul become asymmetric "
+                                               "(#asym_op)")
 
 
 def _method(o: CalibrateOptions) -> str:
@@ -67,6 +78,7 @@ def calibrate(o: CalibrateOptions) -> int:
             raise UserError(f"{path}: cannot write into '{folder}'")
         if os.path.isdir(path):
             raise UserError(f"{path}: is a folder; give a file name")
+    tables = plan_tables(g, o)   # pattern-match / part_quantize qtable, shape ops, part_asymmetric: checked now
     cfg = CalibrationConfig(method=method, input_num=o.input_num, tune_num=o.tune_num,
                             histogram_bin_num=o.histogram_bin_num, batch_size=o.batch_size)
     res = calibrate_graph(g, ds, cfg, tune_ds)
@@ -75,7 +87,8 @@ def calibrate(o: CalibrateOptions) -> int:
     attach(g, res.table, method)
     if o.save_mlir:     # the module first: the table is the last thing written, so it only exists when all worked
         ir.save_graph(g, o.save_mlir, ctx)
-    write_cali_table(o.output, CaliTable(thresholds=dict(res.table), header=header))
+    write_cali_table(o.output, CaliTable(thresholds=dict(res.table), header=header, asym=tables.asym))
+    tables.write()
     print(f"calibrated {len(res.table)} tensors on {res.samples} samples with {method}"
           + (f", auto-tuned {len(res.tuned)} on {res.tune_samples}" if res.tuned else "")
           + f" in {time.time() - t0:.1f}s -> {o.output}" + (f", {o.save_mlir}" if o.save_mlir else ""))

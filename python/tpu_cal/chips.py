@@ -56,3 +56,20 @@ def chip(name: str) -> Chip:
     if key not in CHIPS:
         raise UserError(f"unknown processor '{name}' (choose from: {', '.join(CHIPS)})")
     return CHIPS[key]
+
+
+MIX_FLOAT_TYPES = ("auto", "F16", "BF16", "F32")
+
+
+def mix_float_type(c: Chip, fp_type: str = "auto") -> str:
+    """The float precision a mixed-precision table asks for (fp_forward's and run_calibration's --fp_type):
+    `auto` is F16 where the chip computes it (TPU-MLIR's choice: half the cost of F32, and enough for the layers
+    a qtable lifts out of int8), else the chip's own float type; an explicit type the chip lacks is an error."""
+    t = str(fp_type).upper() if str(fp_type).lower() != "auto" else "auto"
+    if t == "auto":
+        return "F16" if "F16" in c.precisions else c.float_type
+    if t not in MIX_FLOAT_TYPES:
+        raise UserError(f"--fp_type {fp_type}: expected one of {', '.join(MIX_FLOAT_TYPES)}")
+    if t not in c.precisions:
+        raise UserError(f"--fp_type {t}: {c.name} cannot compute {t} (it has {', '.join(c.precisions)})")
+    return t

@@ -17,9 +17,10 @@ from .errors import UserError
 
 
 def option(default=dataclasses.MISSING, help: str = "", parse: Callable | None = None, choices=None,
-           positional: bool = False, aliases: tuple = (), required: bool = False, metavar: str | None = None):
+           positional: bool = False, aliases: tuple = (), required: bool = False, metavar: str | None = None,
+           nargs=None):
     meta = dict(help=help, parse=parse, choices=choices, positional=positional, aliases=aliases,
-                required=required, metavar=metavar)
+                required=required, metavar=metavar, nargs=nargs)
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -72,6 +73,8 @@ def add_options(parser: argparse.ArgumentParser, cls) -> None:
             kw["choices"] = m["choices"]
         if m.get("metavar"):
             kw["metavar"] = m["metavar"]
+        if m.get("nargs"):   # several shell words for one flag (fp_forward's --fpfwd_blocks a:b c:d)
+            kw["nargs"] = m["nargs"]
         if m.get("positional"):
             kw.pop("dest")
             if f.default is not dataclasses.MISSING:
@@ -93,6 +96,8 @@ def build(cls, ns: argparse.Namespace):
         if v is None:
             continue
         parse = f.metadata.get("parse")
+        if parse and isinstance(v, list) and f.metadata.get("nargs"):
+            v = " ".join(v)
         if parse and isinstance(v, str):
             try:
                 v = parse(v)
@@ -117,6 +122,7 @@ def commands() -> dict:
     from .calibrate_cmd import CalibrateOptions, calibrate
     from .compare_cmd import CompareOptions, compare
     from .export_qdq import ExportQdqOptions, export_qdq
+    from .fp_forward_cmd import FpForwardOptions, fp_forward
     from .lower_cmd import LowerOptions, lower_file
     from .transform import TransformOptions, transform
     return {"transform": (TransformOptions, transform, "ONNX model -> top dialect MLIR + weights, checked "
@@ -128,7 +134,9 @@ def commands() -> dict:
             "compare": (CompareOptions, compare, "two result .npz files tensor by tensor: cosine, euclidean, SNR "
                                                  "(npz_tool compare)"),
             "export-qdq": (ExportQdqOptions, export_qdq, "top module + cali_table (+ qtable) -> ONNX with "
-                                                         "QuantizeLinear/DequantizeLinear, for ONNX Runtime")}
+                                                         "QuantizeLinear/DequantizeLinear, for ONNX Runtime"),
+            "fp-forward": (FpForwardOptions, fp_forward, "a qtable keeping the ops before, after or between named "
+                                                         "ops in float (fp_forward)")}
 
 
 def main(argv=None) -> int:
