@@ -17,7 +17,7 @@ from .dataset import Dataset, Sample
 from .errors import UserError
 from .graph import Graph, Node
 from .interp.core import KERNELS, Interpreter, Listener
-from .stats import StatsCollector
+from .stats import StatsCollector, inherits_inf
 
 ATTR_TH, ATTR_MIN, ATTR_MAX = "cali.threshold", "cali.min", "cali.max"
 TUNE_CANDIDATES = 20
@@ -48,14 +48,18 @@ class _NonFinite(Exception):
 
 
 class _FindNonFinite(Listener):
-    """Stops a run at the first op whose floating-point output holds NaN or Inf."""
+    """Stops a run at the first op whose floating-point output holds NaN, or Inf that none of its operands held
+    (an attention mask's -inf passes through the ops that add it; see `stats.inherits_inf`)."""
 
     def after_op(self, node: Node, inputs: list, output):
         a = output if isinstance(output, np.ndarray) else None
         if node.op in ("top.weight", "top.none") or a is None or a.dtype.kind != "f":
             return None
         if not np.isfinite(a).all():
-            raise _NonFinite(node, "NaN" if np.isnan(a).any() else "Inf")
+            if np.isnan(a).any():
+                raise _NonFinite(node, "NaN")
+            if not inherits_inf(inputs):
+                raise _NonFinite(node, "Inf")
         return None
 
 
@@ -163,6 +167,8 @@ class AutoTuner(Listener):
         if not (isinstance(output, np.ndarray) and np.issubdtype(output.dtype, np.floating)):
             return None
         base = [self.qweights.get(src, x) if src is not None else None for src, x in zip(node.inputs, inputs)]
+        ok = np.isfinite(output)
+        finite = None if ok.all() else ok.ravel()
         kernel = KERNELS[node.op]
         for i, src in enumerate(node.inputs):
             if src is None or src not in self.cands or src in self.qweights:
@@ -177,6 +183,8 @@ class AutoTuner(Listener):
                 args[i] = fake_quant(x, c)
                 y = kernel(node, *args, shape=output.shape)
                 d = (y - output).astype(np.float32).ravel()
+                if finite is not None:              # masked positions (-inf in both) do not count
+                    d = d[finite]
                 acc[k] += float(d @ d)
         return None
 

@@ -392,6 +392,11 @@ class TensorStats:
                 "mean": self.mean, "std": self.std, "kurtosis": self.kurtosis, "zeros": self.n_zero}
 
 
+def inherits_inf(inputs) -> bool:
+    """Whether an op's operands (activations or constants) already hold an infinity it may pass on."""
+    return any(isinstance(x, np.ndarray) and x.dtype.kind == "f" and bool(np.isinf(x).any()) for x in inputs)
+
+
 class StatsCollector(Listener):
     """Interpreter listener collecting a `TensorStats` for every floating-point op output (inputs included;
     top.weight and top.none skipped).
@@ -412,6 +417,7 @@ class StatsCollector(Listener):
         self.only = set(names) if names is not None else None
         self.stats: dict[str, TensorStats] = {}
         self.op_types: dict[str, str] = {}
+        self.infinite: dict[str, int] = {}      # tensor -> infinities passed on from its operands (masks)
         self._scratch = _Scratch()
         self._pass = 1
         self._next_sample = 0
@@ -466,6 +472,17 @@ class StatsCollector(Listener):
         try:
             st.update(out)
         except NonFiniteValues as e:
+            if e.kind == "Inf" and inherits_inf(inputs):
+                # an attention mask's -inf (where(mask, 0, -inf), then added to the scores) is data, not a
+                # fault: the statistics take the finite values, and only an op that creates Inf from finite
+                # operands is an error
+                finite = out[np.isfinite(out)]
+                if np.isnan(finite).any():
+                    raise UserError(f"op '{node.name}' ({node.op}) produced NaN") from None
+                if finite.size:
+                    st.update(finite)
+                self.infinite[node.name] = self.infinite.get(node.name, 0) + int(out.size - finite.size)
+                return None
             first, n = self._samples or (0, 1)
             where = f"sample {first}" if n == 1 else f"samples {first}-{first + n - 1}"
             raise UserError(f"op '{node.name}' ({node.op}) produced {e.kind} on {where}; "

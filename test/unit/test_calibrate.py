@@ -623,3 +623,72 @@ def test_ppocr_det_kld_keeps_the_text_map(ppocr_det):
 def test_ppocr_det_sigmoid_threshold_clips_almost_nothing(ppocr_det):
     th = ppocr_det.entry[0]
     assert np.mean(ppocr_det.prob > th) < 1e-3, (th, np.mean(ppocr_det.prob > th))
+
+
+# ----------------------------------------------------------------------------- attention masks holding -inf
+def _masked_softmax_model(tmp_path, fresh_inf: bool = False):
+    """scores [1,4,8] + where(mask, 0, -inf) over the last axis -> softmax; with fresh_inf the scores are
+    divided by a zero constant first, an op that creates Inf from finite values."""
+    nodes = [h.make_node("Cast", ["mask"], ["mb"], to=T.BOOL),
+             h.make_node("Where", ["mb", "zero", "ninf"], ["madd"]),
+             h.make_node("Unsqueeze", ["madd", "ax1"], ["m3"])]
+    scores = "x"
+    if fresh_inf:
+        nodes.append(h.make_node("Div", ["x", "zero"], ["xd"]))
+        scores = "xd"
+    nodes += [h.make_node("Add", [scores, "m3"], ["s"]), h.make_node("Softmax", ["s"], ["p"], axis=-1)]
+    inits = [nh.from_array(np.array(0, np.float32), "zero"), nh.from_array(np.array(-np.inf, np.float32), "ninf"),
+             nh.from_array(np.array([1], np.int64), "ax1")]
+    g = h.make_graph(nodes, "masked", [h.make_tensor_value_info("x", T.FLOAT, [1, 4, 8]),
+                                       h.make_tensor_value_info("mask", T.INT64, [1, 8])],
+                     [h.make_tensor_value_info("p", T.FLOAT, [1, 4, 8])], inits)
+    path = tmp_path / ("fresh.onnx" if fresh_inf else "masked.onnx")
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), path)
+    return path
+
+
+def _mask_dataset(folder, n=6):
+    folder.mkdir()
+    rng = np.random.default_rng(11)
+    xs, masks = [], []
+    for i in range(n):
+        x = (rng.standard_normal((1, 4, 8)) * 3).astype(np.float32)
+        mask = np.zeros((1, 8), np.int64)
+        mask[0, : 3 + i % 5] = 1                    # 3..7 real tokens, the rest padding
+        np.savez(folder / f"s{i}.npz", x=x, mask=mask)
+        xs.append(x)
+        masks.append(mask)
+    return np.concatenate(xs), np.concatenate(masks)
+
+
+def test_attention_mask_infinities_pass_through_calibration(tmp_path):
+    """-inf from where(mask, 0, -inf), added to the scores, is data: the statistics of those tensors use their
+    finite values (checked against numpy), softmax gets its range, nothing stops."""
+    rc, _, err = run_cli("transform", "--model_name", "masked", "--model_def", _masked_softmax_model(tmp_path),
+                         "--mlir", tmp_path / "m.mlir")
+    assert rc == 0, err
+    x, mask = _mask_dataset(tmp_path / "ds")
+    for method in ("use_max", "use_kl"):
+        rc, _, err = run_cli("calibrate", tmp_path / "m.mlir", "--dataset", tmp_path / "ds", "--cali_method", method,
+                             "-o", tmp_path / f"{method}.cali", "--tune_num", "2")
+        assert rc == 0, err
+        _, rows = read_table(tmp_path / f"{method}.cali")
+        assert all(np.isfinite(v).all() and v[0] > 0 for v in rows.values()), rows
+        s = x + np.where(mask[:, None, :] == 1, 0, -np.inf).astype(np.float32)
+        fin = s[np.isfinite(s)]
+        assert rows["s_Add"][1:] == pytest.approx((fin.min(), fin.max()), rel=1e-6)
+        if method == "use_max":
+            assert rows["s_Add"][0] == pytest.approx(np.abs(fin).max(), rel=1e-6)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        assert rows["p_Softmax"][2] == pytest.approx(p.max(), rel=1e-5)
+
+
+def test_inf_created_from_finite_values_is_still_an_error(tmp_path):
+    rc, _, err = run_cli("transform", "--model_name", "fresh", "--model_def",
+                         _masked_softmax_model(tmp_path, fresh_inf=True), "--mlir", tmp_path / "f.mlir")
+    assert rc == 0, err
+    _mask_dataset(tmp_path / "ds")
+    rc, _, err = run_cli("calibrate", tmp_path / "f.mlir", "--dataset", tmp_path / "ds", "-o", tmp_path / "f.cali")
+    assert_clean_error(rc, err, "xd_Div", "Inf", "on sample", ".npz")
+    assert not (tmp_path / "f.cali").exists()
