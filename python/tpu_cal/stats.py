@@ -27,7 +27,8 @@ values that sit on an edge, by one bin.
 
 Two implementations give the same results: the histogram, zero count, count, min and max bit for bit, the
 moments to about 1e-15 relative (the order of the float64 additions differs). Both cut a batch into chunks of
-64 Ki values and take each chunk's moment sums in float64 about a shift near the mean, then merge them.
+64 Ki values and take each chunk's moment sums in float64 about a shift near the mean, then merge them; a batch
+of 1 Mi values or more is first cut in two halves at a chunk boundary, run on two threads and merged.
 
 - The C kernel of `tpu_cal.native` (compiled on first use; float32 input): one min/max/NaN pass over the batch,
   then one pass that bins, counts zeros and sums moments block by block in L1. About 25-35 ms per 14.4 M values
@@ -50,6 +51,7 @@ from .errors import UserError
 from .interp.core import Listener
 
 CHUNK = 1 << 16          # values per chunk: the chunk and its three work buffers stay in cache
+SPLIT = 1 << 20          # batches of at least this many values are split in two halves, one per thread
 
 _SKIP_OPS = ("top.weight", "top.none")
 
@@ -158,6 +160,26 @@ class TensorStats:
             self.max = max(self.max, hi)
         if not (do_m or do_h):
             return
+        if flat.size < SPLIT:
+            self._accumulate(lib, flat, do_m, do_h)
+            return
+        # two halves on two threads (the C kernel and numpy's ufuncs release the GIL): the first continues this
+        # state, the second fills a fresh one that is then merged in; the cut is a chunk boundary, and the
+        # numpy path cuts the same way, so both give the same results whatever the number of cores
+        cut = flat.size // (2 * CHUNK) * CHUNK
+        other = TensorStats(self.bins, oversample=self.side // self.bins, histogram=do_h,
+                            moments=self.higher_moments)
+        other._scale = self._scale
+        from .interp.kernels.nn import _parallel
+        _parallel(lambda job: job[0]._accumulate(lib, job[1], do_m, do_h), [(self, flat[:cut]), (other, flat[cut:])])
+        if do_h:
+            self.hist += other.hist
+        if do_m:
+            self.n_zero += other.n_zero
+            self._merge_moments(other.count, other.mean, other.m2, other.m3, other.m4)
+
+    def _accumulate(self, lib, flat: np.ndarray, do_m: bool, do_h: bool) -> None:
+        """Moments, zeros and histogram bins of `flat` (its range already covered), chunk by chunk."""
         if lib is not None:
             self._accumulate_native(lib, flat, do_m, do_h)
             return

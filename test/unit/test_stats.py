@@ -388,6 +388,25 @@ def test_native_matches_numpy_large_batch(monkeypatch):
         _assert_same(a, b)
 
 
+def test_two_thread_halves_equal_one_serial_pass(either_path, monkeypatch):
+    """A batch of >= stats.SPLIT values runs as two halves on two threads: the same histogram, range and counts as
+    one serial pass, the moments to 1e-12, with and without the higher moments."""
+    import tpu_cal.stats as S
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal(3 * S.SPLIT + 12345) * 2 + 0.5).astype(np.float32)
+    batches = [x, np.abs(x[: S.SPLIT + 7]) * 3]
+    for moments in (True, False):
+        split = TensorStats(2048, moments=moments)
+        for bt in batches:
+            split.update(bt)
+        with monkeypatch.context() as m:
+            m.setattr(S, "SPLIT", 1 << 62)
+            serial = TensorStats(2048, moments=moments)
+            for bt in batches:
+                serial.update(bt)
+        _assert_same(split, serial)
+
+
 @pytest.mark.parametrize("path", ["native", "numpy"])
 @pytest.mark.parametrize("bad, kind", [
     ([np.nan], "NaN"), ([np.inf], "Inf"), ([-np.inf], "Inf"), ([np.inf, np.nan], "NaN"),
