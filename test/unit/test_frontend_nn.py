@@ -95,7 +95,9 @@ def test_conv(onnx_check, case):
                                    ((1, 2), (2, 2, 2, 2), (2, 2)), ((2, 1), (0, 0, 0, 0), (1, 3))])
 @pytest.mark.parametrize("hw", [(7, 7), (30, 33)])
 def test_depthwise_methods_agree(s, p, d, hw):
-    """Both depthwise methods (banded Toeplitz matmuls, flat multiply-adds) against a float64 im2col reference."""
+    """Every depthwise method (banded Toeplitz matmuls, flat multiply-adds, the C kernel) against a float64
+    im2col reference."""
+    from tpu_cal import native
     from tpu_cal.interp.kernels import nn as K
     x = rand(2, 5, *hw)
     w = rand(5, 3, 3)
@@ -109,6 +111,13 @@ def test_depthwise_methods_agree(s, p, d, hw):
             "flat_nobias": lambda: K._dw_flat(x, w, None, k, list(s), list(p), list(d), OH, OW) + b[:, None, None]}
     for bh in (1, 2, 3, OH):
         runs[f"band{bh}"] = lambda bh=bh: K._dw_band(x, w, b, k, list(s), list(p), list(d), OH, OW, bh)
+    lib = native.stats_library()
+    if lib is None:
+        print(f"depthwise C kernel not tested: {native.unavailable_reason()}")
+    else:
+        runs["native"] = lambda: K._dw_native(lib, x, w, b, k, list(s), list(p), list(d), OH, OW)
+        runs["native_nobias"] = lambda: K._dw_native(lib, x, w, None, k, list(s), list(p), list(d), OH, OW) + \
+            b[:, None, None]
     for name, fn in runs.items():
         y = fn()
         assert y.dtype == np.float32

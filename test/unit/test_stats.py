@@ -444,7 +444,7 @@ def test_fallback_without_compiler(monkeypatch, tmp_path, capfd):
     assert native.stats_library() is None
     assert "nonexistent" in native.unavailable_reason()
     err = capfd.readouterr().err
-    assert err.count("native statistics kernel unavailable") == 1 and err.count("\n") == 1, err
+    assert err.count("native kernels unavailable") == 1 and err.count("\n") == 1, err
     assert not list((tmp_path / "native").iterdir())              # no temporary file left behind
     ref = _stats(batches, "numpy", monkeypatch, bins=256)
     _assert_same(st, ref)
@@ -471,12 +471,12 @@ def test_build_is_cached_keyed_by_source_and_concurrent_safe(monkeypatch, tmp_pa
         assert p.wait(timeout=300) == 0, p.stderr.read()
         assert p.stderr.read() == ""
     files = sorted(os.listdir(tmp_path / "native"))
-    assert len(files) == 1 and files[0].startswith("stats_kernel-") and files[0].endswith(".so"), files
+    assert len(files) == 1 and files[0].startswith("tpu_cal_native-") and files[0].endswith(".so"), files
     # an edited source builds again, under another name
-    edited = tmp_path / "stats_kernel.c"
-    edited.write_text(open(native.SOURCE).read() + "\n/* edited */\n")
+    edited = tmp_path / "conv_kernel.c"
+    edited.write_text(open(native.SOURCES[1]).read() + "\n/* edited */\n")
     monkeypatch.setenv("TPU_CAL_CACHE", str(tmp_path))
-    monkeypatch.setattr(native, "SOURCE", str(edited))
+    monkeypatch.setattr(native, "SOURCES", (native.SOURCES[0], str(edited)))
     monkeypatch.setattr(native, "_lib", None)
     assert native.stats_library() is not None
     assert len(os.listdir(tmp_path / "native")) == 2

@@ -1,14 +1,14 @@
-"""Native kernels: one C file (stats_kernel.c, the statistics of `tpu_cal.stats`), compiled on first use with
-the system C compiler and loaded with ctypes.
+"""Native kernels: two C files (stats_kernel.c, the statistics of `tpu_cal.stats`; conv_kernel.c, the depthwise
+convolution of the interpreter), compiled together on first use with the system C compiler and loaded with ctypes.
 
-The shared library goes to the cache folder (``tpu_cal.zoo.cache_dir("native")``), named by a hash of the source,
+The shared library goes to the cache folder (``tpu_cal.zoo.cache_dir("native")``), named by a hash of the sources,
 the compiler and the flags, so an edited source gets a fresh build. Each build writes a temporary file of its own
 and renames it into place, so processes building at the same time never see a partial file. Flags are ``-O3``
 without target options: the library runs on any machine of the architecture (128-bit vectors).
 
-`stats_library()` returns the loaded library, or None when the numpy path is to be used: TPU_CAL_NO_NATIVE=1
-(set, not empty, not 0), or no compiler, or a failed build or load. A failure is reported once per process, in one
-line on stderr; nothing raises.
+`stats_library()` (the same library under its first name) returns the loaded library, or None when the numpy
+paths are to be used: TPU_CAL_NO_NATIVE=1 (set, not empty, not 0), or no compiler, or a failed build or load. A
+failure is reported once per process, in one line on stderr; nothing raises.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ import sys
 import sysconfig
 import tempfile
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stats_kernel.c")
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = tuple(os.path.join(HERE, f) for f in ("stats_kernel.c", "conv_kernel.c"))
 FLAGS = ("-std=c99", "-O3", "-fPIC", "-shared")
 
 # the loaded library; a str says why there is none (reported once); None: not tried yet
@@ -50,19 +51,21 @@ def _build() -> str:
     cc = find_compiler()
     if cc is None:
         raise RuntimeError("no C compiler found ($CC, cc, gcc, clang)")
-    with open(SOURCE, "rb") as f:
-        source = f.read()
-    key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(FLAGS).encode(),
+    sources = []
+    for src in SOURCES:
+        with open(src, "rb") as f:
+            sources.append(f.read())
+    key = hashlib.sha256(b"\0".join([*sources, cc.encode(), " ".join(FLAGS).encode(),
                                      platform.machine().encode(), platform.system().encode()]))
     folder = cache_dir("native")
-    path = os.path.join(folder, f"stats_kernel-{key.hexdigest()[:16]}.so")
+    path = os.path.join(folder, f"tpu_cal_native-{key.hexdigest()[:16]}.so")
     if os.path.exists(path):
         return path
-    fd, tmp = tempfile.mkstemp(prefix=".stats_kernel-", suffix=".so.tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tpu_cal_native-", suffix=".so.tmp", dir=folder)
     os.close(fd)
     try:
         try:
-            r = subprocess.run([cc, *FLAGS, "-o", tmp, SOURCE], capture_output=True, text=True, timeout=300)
+            r = subprocess.run([cc, *FLAGS, "-o", tmp, *SOURCES], capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as e:
             raise RuntimeError(f"cannot run {cc}: {e}") from None
         if r.returncode:
@@ -88,11 +91,14 @@ def _load() -> ctypes.CDLL:
     lib.tc_minmax.restype = ctypes.c_int
     lib.tc_accumulate.argtypes = [p, i64, i64, ctypes.c_int, p, p, p, ctypes.c_int32, ctypes.c_float]
     lib.tc_accumulate.restype = None
+    lib.tc_dwconv2d.argtypes = [p, p, p, p] + [i64] * 15
+    lib.tc_dwconv2d.restype = None
     return lib
 
 
 def stats_library() -> ctypes.CDLL | None:
-    """The statistics kernels (tc_minmax, tc_accumulate; see stats_kernel.c), or None: use the numpy path."""
+    """The native kernels (tc_minmax, tc_accumulate: stats_kernel.c; tc_dwconv2d: conv_kernel.c), or None: use
+    the numpy paths."""
     global _lib
     if disabled():
         return None
@@ -101,7 +107,7 @@ def stats_library() -> ctypes.CDLL | None:
             _lib = _load()
         except Exception as e:       # never fatal: the numpy path computes the same statistics
             _lib = f"{type(e).__name__}: {e}" if not isinstance(e, RuntimeError) else str(e)
-            print(f"tpu_cal: native statistics kernel unavailable ({_lib}); using numpy (slower)", file=sys.stderr)
+            print(f"tpu_cal: native kernels unavailable ({_lib}); using numpy (slower)", file=sys.stderr)
     return _lib if isinstance(_lib, ctypes.CDLL) else None
 
 
