@@ -81,7 +81,7 @@ def calibrate(o: CalibrateOptions) -> int:
     tables = plan_tables(g, o)   # pattern-match / part_quantize qtable, shape ops, part_asymmetric: checked now
     cfg = CalibrationConfig(method=method, input_num=o.input_num, tune_num=o.tune_num,
                             histogram_bin_num=o.histogram_bin_num, batch_size=o.batch_size,
-                            kurtosis=o.kurtosis_analysis)
+                            kurtosis=o.kurtosis_analysis, mean_std=o.print_stats)
     res = calibrate_graph(g, ds, cfg, tune_ds)
     header = make_header(mlir=os.path.basename(o.mlir_file), method=method, histogram_bins=o.histogram_bin_num,
                          samples=res.samples, tune_num=res.tune_samples)

@@ -480,3 +480,20 @@ def test_build_is_cached_keyed_by_source_and_concurrent_safe(monkeypatch, tmp_pa
     monkeypatch.setattr(native, "_lib", None)
     assert native.stats_library() is not None
     assert len(os.listdir(tmp_path / "native")) == 2
+
+
+@both_paths
+def test_without_mean_and_std_the_histogram_and_range_are_the_same():
+    """mean_std=False (every method but ACIQ): histogram, count, min and max exactly as with the moments; mean
+    and std are NaN, not a made-up 0."""
+    rng = np.random.default_rng(21)
+    batches = [(rng.standard_normal(n) * 3).astype(np.float32) for n in (1000, 70_000, 1_200_000)]
+    full, bare = TensorStats(2048), TensorStats(2048, moments=False, mean_std=False)
+    for b in batches:
+        full.update(b)
+        bare.update(b)
+    np.testing.assert_array_equal(full.hist, bare.hist)
+    assert (full.count, full.min, full.max, full.width) == (bare.count, bare.min, bare.max, bare.width)
+    assert full.count == sum(b.size for b in batches)
+    assert np.isnan(bare.mean) and np.isnan(bare.std) and np.isnan(bare.kurtosis)
+    assert full.std == pytest.approx(np.concatenate(batches).astype(np.float64).std(), rel=1e-9)
