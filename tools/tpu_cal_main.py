@@ -5,8 +5,6 @@ from tpu_cal.cli import main as _main
 
 
 def main():
-    from tpu_cal.native import keep_freed_memory
-    keep_freed_memory()
     sys.exit(_main())
 
 

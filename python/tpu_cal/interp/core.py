@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from .. import native
 from ..errors import UserError
 from ..graph import Graph, Node
 
@@ -51,6 +52,7 @@ def _load_kernels():
 class Interpreter:
     def __init__(self, graph: Graph, listeners: Iterable[Listener] = ()):
         _load_kernels()
+        native.keep_freed_memory()       # activations freed and allocated again per op: no page faults each time
         self.graph = graph
         self.listeners = list(listeners)
         missing = sorted({n.op for n in graph.nodes if n.op not in KERNELS and n.op not in _BOUND})
