@@ -5,8 +5,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from . import ir
-from .calibration import CalibrationConfig, attach, calibrate_graph
+from . import ir, optimize
+from .calibration import CalibrationConfig, attach
 from .cli import option
 from .dataset import Dataset
 from .errors import UserError
@@ -36,6 +36,15 @@ class CalibrateOptions:
     print_stats: bool = option(False, help="print a per-tensor statistics table")
     save_mlir: str = option(None, help="write the calibrated module (thresholds attached) and its weights here")
     batch_size: int = option(16, help="samples run through the interpreter at once")
+    # rewrites (tpu_cal.optimize), applied in the seeds' order sq, smc, we, bc
+    sq: bool = option(False, help="SmoothQuant: move activation outliers of matmul/conv inputs into the weights")
+    sq_alpha: float = option(0.5, help="SmoothQuant migration strength alpha in [0, 1]")
+    smc: bool = option(False, help="softmax correction: attention probabilities / S quantized, output times S")
+    we: bool = option(False, help="cross-layer weight equalization of conv->conv and conv->relu->conv")
+    bc: bool = option(False, help="bias correction of conv/matmul outputs below --min_layer_cos")
+    bc_inference_num: int = option(30, help="samples for bias correction")
+    min_layer_cos: float = option(0.99, help="bias correction fixes layers whose int8 output cosine is below this")
+    processor: str = option("bm1684x", help="processor the bias correction simulates")
 
 
 def _method(o: CalibrateOptions) -> str:
@@ -69,7 +78,7 @@ def calibrate(o: CalibrateOptions) -> int:
             raise UserError(f"{path}: is a folder; give a file name")
     cfg = CalibrationConfig(method=method, input_num=o.input_num, tune_num=o.tune_num,
                             histogram_bin_num=o.histogram_bin_num, batch_size=o.batch_size)
-    res = calibrate_graph(g, ds, cfg, tune_ds)
+    res = optimize.calibrate(g, ds, cfg, tune_ds, o)      # calibrate_graph with the rewrites o asks for
     header = make_header(mlir=os.path.basename(o.mlir_file), method=method, histogram_bins=o.histogram_bin_num,
                          samples=res.samples, tune_num=res.tune_samples)
     attach(g, res.table, method)

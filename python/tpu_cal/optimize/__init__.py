@@ -1,0 +1,77 @@
+"""Rewrites that make a model quantize better, run by `tpu-cal calibrate --sq --smc --we --bc` and as passes.
+
+- `smoothquant`: per-channel smoothing of matmul / conv inputs (float-equivalent), before calibration;
+- `softmax_correction`: prob / S before the attention matmul and the output times S (seed 001), after it;
+- `weight_equalization`: cross-layer equalization of conv -> conv and conv -> relu -> conv (float-equivalent);
+- `bias_correction`: the mean int8-vs-float error of poorly matching conv / matmul outputs folded into their
+  biases, after calibration (it needs the thresholds).
+
+`calibrate(graph, ds, cfg, tune_ds, options)` is the calibration with the rewrites the options ask for, in the
+seeds' order (sq, smc, we, bc): the float-equivalent ones change the graph first, so the thresholds are those of
+the rewritten graph; smc and bc read thresholds, so they run on the calibrated graph. The graph is changed in
+place: a module saved afterwards carries the rewritten weights. Each rewrite prints a table of what it did.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from ..calibration import CalibrationConfig, CalibrationResult, calibrate_graph
+from ..dataset import Dataset
+from ..errors import UserError
+from ..graph import Graph
+from ..report import table
+
+
+@dataclass
+class Rewrites:
+    sq: bool = False
+    sq_alpha: float = 0.5
+    sq_insert: bool = True
+    smc: bool = False
+    we: bool = False
+    bc: bool = False
+    bc_inference_num: int = 30
+    min_layer_cos: float = 0.99
+    processor: str = "bm1684x"
+
+    @staticmethod
+    def from_options(o) -> "Rewrites":
+        """From any options object with (some of) these fields (`tpu-cal calibrate`'s)."""
+        r = Rewrites()
+        for k in Rewrites.__dataclass_fields__:
+            if hasattr(o, k):
+                setattr(r, k, getattr(o, k))
+        return r
+
+    def check(self) -> None:
+        if not 0.0 <= self.sq_alpha <= 1.0:
+            raise UserError(f"--sq_alpha must be in [0, 1], got {self.sq_alpha}")
+        if self.bc_inference_num < 0:
+            raise UserError("--bc_inference_num must be >= 0")
+        if not 0.0 <= self.min_layer_cos <= 1.0:
+            raise UserError(f"--min_layer_cos must be in [0, 1], got {self.min_layer_cos}")
+
+
+def run_smoothquant(graph: Graph, ds: Dataset, n: int, batch_size: int, alpha: float, insert: bool = True,
+                    out=None) -> list:
+    """SmoothQuant on `graph` with activation ranges from the first `n` samples of `ds`; prints its table to `out`
+    (stdout; passes give stderr, their stdout is the module)."""
+    from .common import channel_absmax
+    from .smoothquant import smoothquant, targets
+    axes = {name: t.axis for name, t in targets(graph).items()}
+    absmax = channel_absmax(graph, axes, ds, n, batch_size, "smoothquant statistics")
+    rows = smoothquant(graph, absmax, alpha, insert)
+    print(table(["tensor", "producer", "smoothing", "readers", "restored", "max/median before", "after"], rows,
+                title=f"smoothquant (alpha {alpha}): {len(rows)} activations"), file=out or sys.stdout)
+    return rows
+
+
+def calibrate(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: Dataset | None, options) \
+        -> CalibrationResult:
+    """`calibrate_graph` with the rewrites `options` asks for (a Rewrites, or an object with its fields)."""
+    rw = options if isinstance(options, Rewrites) else Rewrites.from_options(options)
+    rw.check()
+    if rw.sq:
+        run_smoothquant(graph, ds, cfg.input_num, cfg.batch_size, rw.sq_alpha, rw.sq_insert)
+    return calibrate_graph(graph, ds, cfg, tune_ds)
