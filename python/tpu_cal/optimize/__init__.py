@@ -67,6 +67,22 @@ def run_smoothquant(graph: Graph, ds: Dataset, n: int, batch_size: int, alpha: f
     return rows
 
 
+def run_softmax_correction(graph: Graph, ds: Dataset, n: int, batch_size: int, per: str = "row", out=None) -> list:
+    """Softmax correction on `graph` with S from the first `n` samples of `ds`; prints its table to `out`."""
+    from ..calibration import run_batches
+    from ..interp.core import Interpreter
+    from . import softmax_correction as smc
+    found = smc.find(graph)
+    col = smc.MaxProb([a.softmax for a in found], per)
+    if found:
+        run_batches(Interpreter(graph, [col]), ds, ds.take(n), batch_size, "softmax correction statistics")
+    rows = smc.rewrite(graph, col.scales())
+    print(table(["softmax", "attention matmul", "S", "division", "restore"], rows,
+                title=f"softmax correction: {sum(r[3] != 'skipped' for r in rows)} of {len(rows)} attention "
+                      f"softmaxes"), file=out or sys.stdout)
+    return rows
+
+
 def calibrate(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: Dataset | None, options) \
         -> CalibrationResult:
     """`calibrate_graph` with the rewrites `options` asks for (a Rewrites, or an object with its fields)."""
@@ -74,4 +90,10 @@ def calibrate(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: Datase
     rw.check()
     if rw.sq:
         run_smoothquant(graph, ds, cfg.input_num, cfg.batch_size, rw.sq_alpha, rw.sq_insert)
-    return calibrate_graph(graph, ds, cfg, tune_ds)
+    if rw.smc:
+        run_softmax_correction(graph, ds, cfg.input_num, cfg.batch_size)
+    res = calibrate_graph(graph, ds, cfg, tune_ds)
+    if rw.smc:
+        from .softmax_correction import fix_thresholds
+        fix_thresholds(graph, res.table)
+    return res

@@ -39,7 +39,7 @@ def set_weight(graph: Graph, consumer: Node, index: int, array: np.ndarray, tag:
     nodes = graph.node_map()
     w = nodes[consumer.inputs[index]]
     key = unique_name(graph, f"{w.attrs['name']}_{tag}", set(graph.weights))
-    graph.weights[key] = np.ascontiguousarray(array, dtype=np.float32)
+    graph.weights[key] = np.array(array, dtype=np.float32, order="C")
     shared = sum(i == w.name for n in graph.nodes for i in n.inputs) > 1
     if shared:
         new = Node("top.weight", unique_name(graph, f"{w.name}_{tag}"), [], {"name": key}, tuple(array.shape),
@@ -54,7 +54,7 @@ def set_weight(graph: Graph, consumer: Node, index: int, array: np.ndarray, tag:
 def add_weight(graph: Graph, base: str, array: np.ndarray, before: Node) -> str:
     """A new top.weight node holding `array`, placed before `before`; returns its name."""
     key = unique_name(graph, base, set(graph.weights))
-    graph.weights[key] = np.ascontiguousarray(array, dtype=np.float32)
+    graph.weights[key] = np.array(array, dtype=np.float32, order="C")
     node = Node("top.weight", unique_name(graph, base), [], {"name": key}, tuple(array.shape), "float32")
     graph.nodes.insert(graph.nodes.index(before), node)
     return node.name
