@@ -83,6 +83,20 @@ def run_softmax_correction(graph: Graph, ds: Dataset, n: int, batch_size: int, p
     return rows
 
 
+def run_weight_equalization(graph: Graph, out=None) -> tuple[list, list]:
+    """Weight equalization on `graph`; prints what it equalized and what it skipped (with the reason) to `out`."""
+    from .weight_equalization import equalize
+    rows, skipped, sweeps = equalize(graph)
+    out = out or sys.stdout
+    print(table(["conv1", "via", "conv2", "channels", "range ratio before", "after"], rows,
+                title=f"weight equalization: {len(rows)} pairs, {sweeps} sweeps (range ratio: mean over channels "
+                      f"of max(r1, r2) / min(r1, r2))"), file=out)
+    if skipped:
+        print(table(["conv1", "via", "conv2", "skipped because"], skipped,
+                    title=f"weight equalization skipped {len(skipped)} chains:"), file=out)
+    return rows, skipped
+
+
 def calibrate(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: Dataset | None, options) \
         -> CalibrationResult:
     """`calibrate_graph` with the rewrites `options` asks for (a Rewrites, or an object with its fields)."""
@@ -92,6 +106,8 @@ def calibrate(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: Datase
         run_smoothquant(graph, ds, cfg.input_num, cfg.batch_size, rw.sq_alpha, rw.sq_insert)
     if rw.smc:
         run_softmax_correction(graph, ds, cfg.input_num, cfg.batch_size)
+    if rw.we:
+        run_weight_equalization(graph)
     res = calibrate_graph(graph, ds, cfg, tune_ds)
     if rw.smc:
         from .softmax_correction import fix_thresholds
