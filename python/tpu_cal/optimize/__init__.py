@@ -51,6 +51,9 @@ class Rewrites:
             raise UserError("--bc_inference_num must be >= 0")
         if not 0.0 <= self.min_layer_cos <= 1.0:
             raise UserError(f"--min_layer_cos must be in [0, 1], got {self.min_layer_cos}")
+        if self.bc:
+            from ..chips import chip
+            chip(self.processor)        # an unknown processor fails now, not after the calibration
 
 
 def run_smoothquant(graph: Graph, ds: Dataset, n: int, batch_size: int, alpha: float, insert: bool = True,
@@ -97,6 +100,20 @@ def run_weight_equalization(graph: Graph, out=None) -> tuple[list, list]:
     return rows, skipped
 
 
+def run_bias_correction(graph: Graph, ds: Dataset, n: int, batch_size: int, chip: str, min_layer_cos: float,
+                        out=None) -> list:
+    """Bias correction of a calibrated graph (thresholds attached) on the first `n` samples of `ds`; prints the
+    layers below `min_layer_cos` (and how many were fine) to `out`."""
+    from .bias_correction import correct, measure
+    samples = ds.take(n, "--bc_inference_num")
+    rows = correct(graph, measure(graph, ds, samples, chip, batch_size), min_layer_cos)
+    fixed = [r for r in rows if r[5]]
+    print(table(["layer", "op", "int8 cosine", "mean |error|", "max |error|", "corrected"], fixed,
+                title=f"bias correction on {len(samples)} samples ({chip}): {len(fixed)} of {len(rows)} conv/matmul "
+                      f"layers below cosine {min_layer_cos}"), file=out or sys.stdout)
+    return rows
+
+
 def calibrate(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: Dataset | None, options) \
         -> CalibrationResult:
     """`calibrate_graph` with the rewrites `options` asks for (a Rewrites, or an object with its fields)."""
@@ -112,4 +129,8 @@ def calibrate(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: Datase
     if rw.smc:
         from .softmax_correction import fix_thresholds
         fix_thresholds(graph, res.table)
+    if rw.bc:
+        from ..calibration import attach
+        attach(graph, res.table)
+        run_bias_correction(graph, ds, rw.bc_inference_num, cfg.batch_size, rw.processor, rw.min_layer_cos)
     return res
