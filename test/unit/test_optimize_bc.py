@@ -122,7 +122,8 @@ def test_bad_flags_are_one_line(tmp_path):
     mlir = str(tmp_path / "lin.mlir")
     ir.save_graph(g, mlir)
     for flags, needle in ((["--bc", "--processor", "nochip"], "nochip"), (["--sq", "--sq_alpha", "1.5"], "--sq_alpha"),
-                          (["--bc", "--min_layer_cos", "2"], "--min_layer_cos")):
+                          (["--bc", "--min_layer_cos", "2"], "--min_layer_cos"),
+                          (["--we", "--bc"], "--save_mlir")):
         rc, _, err = run_cli("calibrate", mlir, "--dataset", tmp_path, "-o", tmp_path / "t.cali", *flags)
         assert_clean_error(rc, err, needle)
         assert not (tmp_path / "t.cali").exists()

@@ -119,6 +119,10 @@ def calibrate(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: Datase
     """`calibrate_graph` with the rewrites `options` asks for (a Rewrites, or an object with its fields)."""
     rw = options if isinstance(options, Rewrites) else Rewrites.from_options(options)
     rw.check()
+    asked = [f"--{k}" for k in ("sq", "smc", "we", "bc") if getattr(rw, k)]
+    if asked and hasattr(options, "save_mlir") and not options.save_mlir:
+        raise UserError(f"{' '.join(asked)} rewrite the module: give --save_mlir to keep it (the cali_table "
+                        f"describes the rewritten module, not the original)")
     if rw.sq:
         run_smoothquant(graph, ds, cfg.input_num, cfg.batch_size, rw.sq_alpha, rw.sq_insert)
     if rw.smc:
