@@ -18,7 +18,7 @@ from .registry import Pass, PassError, option, register
 class TopBiasCorrection(Pass):
     """Simulates the module in int8 for `chip` on samples and subtracts, from the bias of every conv / matmul
     whose output cosine against float is below `min-layer-cos`, the mean error that layer adds per output
-    channel (tpu_cal.optimize.bias_correction).
+    channel (tpu_cal.optimize.bias_correction; `part=weights`: only its int8 weights' share of it).
 
     Reads: a calibrated float module (`cali.threshold` on every tensor int8 will hold) and its weight file (in
     `weight-dir`); the first `bc-inference-num` samples of `dataset` or `data-list`. Writes: new biases (keys
@@ -32,14 +32,17 @@ class TopBiasCorrection(Pass):
     bc_inference_num: int = option(30, "samples simulated (0: all)")
     min_layer_cos: float = option(0.99, "layers whose int8 output cosine is below this are corrected")
     chip: str = option("bm1684x", "processor whose int8 lowering is simulated")
+    part: str = option("output", "error corrected: output (all a layer adds) or weights (its int8 weights' share)")
     weight_dir: str = option(".", "folder of the module's weight file; the new one is written there")
     batch_size: int = option(8, "samples run at once")
 
     def run(self, module: ir.Operation) -> None:
+        if self.part not in ("output", "weights"):
+            raise PassError(f"part must be output or weights, got '{self.part}'")
         if not 0.0 <= self.min_layer_cos <= 1.0:
             raise PassError(f"min-layer-cos must be in [0, 1], got {self.min_layer_cos}")
         graph = read_graph(module, self.weight_dir)
         ds = dataset(graph, self.dataset, self.data_list)
         run_bias_correction(graph, ds, self.bc_inference_num, self.batch_size, self.chip, self.min_layer_cos,
-                            sys.stderr)
+                            sys.stderr, self.part)
         write_graph(module, graph, self.weight_dir, "bc")

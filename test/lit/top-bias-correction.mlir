@@ -11,6 +11,9 @@
 // RUN: filecheck --check-prefix=LOG %s < %t/log
 // RUN: tpu-cal-opt %s -p 'top-bias-correction{dataset=%S/Inputs/bc-samples weight-dir=%t min-layer-cos=0.5}' 2>&1 | filecheck --check-prefix=KEEP %s
 // RUN: not tpu-cal-opt %s -p 'top-bias-correction{dataset=%S/Inputs/bc-samples weight-dir=%t chip=nochip}' 2>&1 | filecheck --check-prefix=CHIP %s
+// With part=weights only the int8 weights' share is corrected: the filter is exact, so the bias stays 0.
+// RUN: tpu-cal-opt %s -p 'top-bias-correction{dataset=%S/Inputs/bc-samples weight-dir=%t part=weights}' 2>/dev/null > /dev/null
+// RUN: %python -c "import numpy as np; z = np.load('%t/bc_bc_weights.npz'); print([round(float(v), 6) + 0.0 for v in z['b_bc']])" | filecheck --check-prefix=WPART %s
 
 // CHECK:      module attributes {top.name = "bc", top.state = "calibrated", top.weight_file = "bc_bc_weights.npz"}
 // CHECK:      "top.weight"() {name = "w"}
@@ -25,6 +28,7 @@
 // KEEP: 0 of 1 conv/matmul layers below cosine 0.5
 // KEEP: "top.weight"() {name = "b"}
 
+// WPART: [0.0, 0.0]
 // CHIP: error: top-bias-correction: {{.*}}nochip
 module attributes {top.name = "bc", top.state = "calibrated", top.weight_file = "bc_weights.npz"} {
   func.func @main(%arg0: tensor<1x4x1xf32> loc("x")) -> tensor<1x4x2xf32> {

@@ -32,8 +32,9 @@ def linear(rng, xs_dir) -> tuple[Graph, np.ndarray]:
     return g, xs.reshape(6, 16, 8)
 
 
-def brute_force_error(g: Graph, xs: np.ndarray) -> np.ndarray:
-    """int8 by hand: x and y symmetric per tensor, w per output channel, all rounding half away from zero."""
+def brute_force_error(g: Graph, xs: np.ndarray, part: str = "output") -> np.ndarray:
+    """int8 by hand: x and y symmetric per tensor, w per output channel, all rounding half away from zero;
+    part "weights": only the int8 weights' share, (xq @ (wq - w))."""
     def q(v, scale):
         t = np.asarray(v, np.float64) / scale
         return np.clip(np.sign(t) * np.floor(np.abs(t) + 0.5), -128, 127)
@@ -44,6 +45,8 @@ def brute_force_error(g: Graph, xs: np.ndarray) -> np.ndarray:
     s_w = np.abs(w).max(axis=0) / 127
     xq = q(xs, s_x) * s_x
     acc = xq @ (q(w, s_w) * s_w) + g.weights["b"]
+    if part == "weights":
+        return (xq @ (q(w, s_w) * s_w - w)).reshape(-1, 6).mean(axis=0)
     yq = q(acc, s_y) * s_y
     return (yq - (xq @ w + g.weights["b"])).reshape(-1, 6).mean(axis=0)
 
@@ -62,6 +65,8 @@ def test_error_matches_brute_force_and_goes_away(tmp_path):
     s_y = g.node_map()["y"].extra["cali.threshold"] / 127
     np.testing.assert_allclose(err, ref, atol=0.02 * s_y)      # requantization by multiplier and shift: < 1 LSB
     assert np.abs(ref).max() > 0.1 * s_y                        # a real bias, not rounding noise
+    _, werr = measure(g, ds, ds.take(0), "bm1684x", batch_size=4, part="weights")["y"]
+    np.testing.assert_allclose(werr, brute_force_error(g, xs, "weights"), rtol=1e-4, atol=1e-7)
     b0 = g.weights["b"].copy()
     rows = correct(g, stats, min_layer_cos=1.0)                 # every layer is below a cosine of 1
     assert rows[0][5] == "yes"

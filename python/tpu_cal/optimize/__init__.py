@@ -25,6 +25,7 @@ from ..report import table
 
 @dataclass
 class Rewrites:
+    """Which rewrites to run and their settings (`tpu-cal calibrate`'s flags of the same names)."""
     sq: bool = False
     sq_alpha: float = 0.5
     sq_insert: bool = True
@@ -33,6 +34,7 @@ class Rewrites:
     bc: bool = False
     bc_inference_num: int = 30
     min_layer_cos: float = 0.99
+    bc_part: str = "output"     # the error corrected: "output" (all the layer adds) or "weights" (its int8 weights')
     processor: str = "bm1684x"
 
     @staticmethod
@@ -101,12 +103,12 @@ def run_weight_equalization(graph: Graph, out=None) -> tuple[list, list]:
 
 
 def run_bias_correction(graph: Graph, ds: Dataset, n: int, batch_size: int, chip: str, min_layer_cos: float,
-                        out=None) -> list:
+                        out=None, part: str = "output") -> list:
     """Bias correction of a calibrated graph (thresholds attached) on the first `n` samples of `ds`; prints the
     layers below `min_layer_cos` (and how many were fine) to `out`."""
     from .bias_correction import correct, measure
     samples = ds.take(n, "--bc_inference_num")
-    rows = correct(graph, measure(graph, ds, samples, chip, batch_size), min_layer_cos)
+    rows = correct(graph, measure(graph, ds, samples, chip, batch_size, part), min_layer_cos)
     fixed = [r for r in rows if r[5]]
     print(table(["layer", "op", "int8 cosine", "mean |error|", "max |error|", "corrected"], fixed,
                 title=f"bias correction on {len(samples)} samples ({chip}): {len(fixed)} of {len(rows)} conv/matmul "
@@ -136,5 +138,6 @@ def calibrate(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: Datase
     if rw.bc:
         from ..calibration import attach
         attach(graph, res.table)
-        run_bias_correction(graph, ds, rw.bc_inference_num, cfg.batch_size, rw.processor, rw.min_layer_cos)
+        run_bias_correction(graph, ds, rw.bc_inference_num, cfg.batch_size, rw.processor, rw.min_layer_cos,
+                            part=rw.bc_part)
     return res

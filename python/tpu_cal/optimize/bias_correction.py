@@ -13,7 +13,9 @@ carry in from earlier layers: those are corrected there. (Differences against th
 count every upstream shift once more in each later layer; corrected in one pass that overshoots: on
 EfficientNet-Lite0 it lowers the int8 output cosine, see bench/RESULTS.md.) Layers whose output cosine against
 the float model over the samples is below `min_layer_cos` get bias_c -= e_c (a zero bias is added where the op
-has none). One simulation measures every layer; the thresholds stay as calibrated.
+has none). One simulation measures every layer; the thresholds stay as calibrated. `part="weights"` corrects
+only the share of the error the int8 weights cause, E[x_q (W_q - W)] (the classic form of the paper), not the
+output's rounding and clipping.
 """
 from __future__ import annotations
 
@@ -72,12 +74,13 @@ class _Acc:
 
 
 class _LocalError(Listener):
-    """On the lowered graph: each target's quantized output minus its float op run on the same (dequantized)
-    input with the float weights, summed per channel."""
+    """On the lowered graph, summed per channel for each target: part "output", its quantized output minus its
+    float op run on the same (dequantized) input with the float weights; part "weights", the float op with the
+    dequantized int8 weights minus with the float weights, on that input (the weights' share alone)."""
 
-    def __init__(self, graph: Graph, lowered: Graph, axes: dict[str, int]):
+    def __init__(self, graph: Graph, lowered: Graph, axes: dict[str, int], part: str = "output"):
         self.fnodes, self.lnodes = graph.node_map(), lowered.node_map()
-        self.graph, self.axes = graph, axes
+        self.graph, self.axes, self.part = graph, axes, part
         self.err = {n: np.zeros(self.fnodes[n].shape[a]) for n, a in axes.items()}
         self.count = dict.fromkeys(axes, 0)
 
@@ -88,17 +91,22 @@ class _LocalError(Listener):
         fn = self.fnodes[node.name]
         x = real_value(self.lnodes[node.inputs[0]], inputs[0])
         ws = [None if i is None else self.graph.weights[self.fnodes[i].attrs["name"]] for i in fn.inputs[1:]]
-        f = KERNELS[fn.op](fn, x, *ws, shape=output.shape)
-        d = np.moveaxis(real_value(node, output).astype(np.float64) - f, ax, 0).reshape(f.shape[ax], -1)
+        if self.part == "weights":
+            dw = real_value(self.lnodes[node.inputs[1]], inputs[1]).astype(np.float32) - ws[0]
+            diff = KERNELS[fn.op](fn, x, dw, None, shape=output.shape).astype(np.float64)
+        else:
+            f = KERNELS[fn.op](fn, x, *ws, shape=output.shape)
+            diff = real_value(node, output).astype(np.float64) - f
+        d = np.moveaxis(diff, ax, 0).reshape(diff.shape[ax], -1)
         self.err[node.name] += d.sum(axis=1)
         self.count[node.name] += d.shape[1]
         return None
 
 
-def measure(graph: Graph, ds: Dataset, samples: list[Sample], chip: str, batch_size: int = 8) \
+def measure(graph: Graph, ds: Dataset, samples: list[Sample], chip: str, batch_size: int = 8, part: str = "output") \
         -> dict[str, tuple[float, np.ndarray]]:
     """Layer name -> (output cosine int8 vs the float model over the samples, mean error the layer adds per
-    output channel)."""
+    output channel), for the layers lowered to an integer precision."""
     axes = targets(graph)
     g = copy.deepcopy(graph)
     assign_precision(g, chip, "INT8")
@@ -107,7 +115,7 @@ def measure(graph: Graph, ds: Dataset, samples: list[Sample], chip: str, batch_s
     axes = {n: a for n, a in axes.items() if n in lnodes}
     names = list(axes)
     acc = {n: _Acc() for n in names}
-    local = _LocalError(g, lowered, axes)
+    local = _LocalError(g, lowered, axes, part)
     fi, qi = Interpreter(g), Interpreter(lowered, [local])
     bar = progress(len(samples), "bias correction")
     try:
@@ -120,7 +128,8 @@ def measure(graph: Graph, ds: Dataset, samples: list[Sample], chip: str, batch_s
             bar.update(min(batch_size, len(samples) - first))
     finally:
         bar.close()
-    return {n: (acc[n].cosine(), local.err[n] / max(local.count[n], 1)) for n in names}
+    # layers the chip keeps in float add no error of their own: nothing to correct there
+    return {n: (acc[n].cosine(), local.err[n] / local.count[n]) for n in names if local.count[n]}
 
 
 def correct(graph: Graph, stats: dict[str, tuple[float, np.ndarray]], min_layer_cos: float) -> list[list]:
