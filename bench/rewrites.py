@@ -169,7 +169,8 @@ def minilm_rows(args, methods, tmp):
 
 
 def write_section(path: str, body: str) -> None:
-    """Replaces (or appends) the '## Rewrites' section of RESULTS.md, leaving the other sections alone."""
+    """Replaces (or appends) the '## Rewrites' section of RESULTS.md, leaving the other sections alone; a
+    hand-written '### Notes' subsection at the end of the old section is kept."""
     import re
     text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
     section = "## Rewrites\n\n" + body.strip() + "\n"
@@ -177,6 +178,9 @@ def write_section(path: str, body: str) -> None:
     if m:
         nxt = re.search(r"^## ", text[m.end():], flags=re.M)
         end = m.end() + nxt.start() if nxt else len(text)
+        notes = re.search(r"^### Notes.*", text[m.end():end], flags=re.M | re.S)
+        if notes:
+            section += "\n" + notes.group(0).strip() + "\n"
         text = text[:m.start()] + section + ("\n" if nxt else "") + text[end:]
     else:
         text = text.rstrip("\n") + "\n\n" + section
@@ -205,8 +209,8 @@ def main(argv=None) -> int:
             rows = efficientnet(args, methods, tmp)
             head = ["--cali_method", "rewrites", "sim mean cos", "sim min cos", "top-1 = float"] + head_ort + ["s"]
             parts.append(f"EfficientNet-Lite0, {args.cal} calibration photos, {args.eval} held-out photos "
-                         f"(sim: our int8 simulation vs our float; ORT: the QDQ export vs the original ONNX "
-                         f"model):\n\n" + md_table(head, rows))
+                         f"(sim: our int8 simulation vs our float run of the original module; ORT: the QDQ "
+                         f"export vs the original ONNX model):\n\n" + md_table(head, rows))
             print(parts[-1], flush=True)
         if "minilm" in args.models:
             rows = minilm_rows(args, methods, tmp)

@@ -7,9 +7,10 @@
   biases, after calibration (it needs the thresholds).
 
 `calibrate(graph, ds, cfg, tune_ds, options)` is the calibration with the rewrites the options ask for, in the
-seeds' order (sq, smc, we, bc): the float-equivalent ones change the graph first, so the thresholds are those of
-the rewritten graph; smc and bc read thresholds, so they run on the calibrated graph. The graph is changed in
-place: a module saved afterwards carries the rewritten weights. Each rewrite prints a table of what it did.
+seeds' order (sq, smc, we, bc): sq, smc and we are float-equivalent and change the graph before the statistics,
+so the thresholds are those of the rewritten graph (smc then fixes the thresholds of the probabilities it
+corrects); bc simulates the calibrated graph, so it runs last. The graph is changed in place: a module saved
+afterwards carries the rewritten weights. Each rewrite prints a table of what it did.
 """
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ def run_weight_equalization(graph: Graph, out=None) -> tuple[list, list]:
 def run_bias_correction(graph: Graph, ds: Dataset, n: int, batch_size: int, chip: str, min_layer_cos: float,
                         out=None, part: str = "output") -> list:
     """Bias correction of a calibrated graph (thresholds attached) on the first `n` samples of `ds`; prints the
-    layers below `min_layer_cos` (and how many were fine) to `out`."""
+    corrected layers (those below `min_layer_cos`) to `out`."""
     from .bias_correction import correct, measure
     samples = ds.take(n, "--bc_inference_num")
     rows = correct(graph, measure(graph, ds, samples, chip, batch_size, part), min_layer_cos)
