@@ -16,9 +16,11 @@ from .registry import Pass, PassError, option, register
 @register
 @dataclass
 class TopBiasCorrection(Pass):
-    """Simulates the module in int8 for `chip` on samples and subtracts, from the bias of every conv / matmul
-    whose output cosine against float is below `min-layer-cos`, the mean error that layer adds per output
-    channel (tpu_cal.optimize.bias_correction; `part=weights`: only its int8 weights' share of it).
+    """Folds the mean int8 error of conv / matmul layers below `min-layer-cos` into their biases.
+
+    The module is simulated in int8 for `chip` on samples; from the bias of every conv / matmul whose output
+    cosine against float is below `min-layer-cos` the mean error that layer adds per output channel is
+    subtracted (tpu_cal.optimize.bias_correction; `part=weights`: only its int8 weights' share of it).
 
     Reads: a calibrated float module (`cali.threshold` on every tensor int8 will hold) and its weight file (in
     `weight-dir`); the first `bc-inference-num` samples of `dataset` or `data-list`. Writes: new biases (keys

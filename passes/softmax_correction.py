@@ -18,8 +18,10 @@ from .registry import Pass, PassError, option, register
 @register
 @dataclass
 class TopSoftmaxCorrection(Pass):
-    """Puts `prob * (1/S)` before each attention matmul and `* S` after it, and sets the thresholds that make
-    int8 quantize prob / S on [0, 1] (tpu_cal.optimize.softmax_correction).
+    """Quantizes attention probabilities as prob / S on [0, 1] and multiplies the attention output by S.
+
+    Puts `prob * (1/S)` before each attention matmul and `* S` after it, and sets the thresholds that make int8
+    quantize prob / S on [0, 1] (tpu_cal.optimize.softmax_correction).
 
     Reads: a calibrated float module (`cali.threshold` / `cali.min` / `cali.max`, from top-calibrate or
     top-import-calibration) and its weight file (in `weight-dir`); the samples of `dataset` or `data-list`, for

@@ -16,8 +16,9 @@ from .registry import Pass, option, register
 @register
 @dataclass
 class TopWeightEqualization(Pass):
-    """Rescales the channels between two convs so both see the same per-channel weight range
-    (tpu_cal.optimize.weight_equalization); data-free, the float function is unchanged.
+    """Cross-layer equalization: the channels between two convs get the same weight range in both.
+
+    Data-free (tpu_cal.optimize.weight_equalization); the float function is unchanged.
 
     Reads: the float module and its weight file (`top.weight_file`, in `weight-dir`). Writes: new filters and
     biases (keys `<key>_we`) of the convs of every equalized pair (conv -> conv, or through relu / leaky_relu /
