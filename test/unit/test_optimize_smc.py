@@ -36,8 +36,7 @@ def test_softmax_correction_matches_brute_force():
     assert [(a.softmax, a.chain, a.matmul) for a in found] == [("p", ["p", "guard"], "o")]
     col = smc.MaxProb(["p"])
     Interpreter(g, [col]).run(feeds)
-    e = np.exp(feeds["s"].astype(np.float64) - feeds["s"].max(-1, keepdims=True))
-    S = float((e / e.sum(-1, keepdims=True)).max(-1).mean())          # expected largest probability of a row
+    S = float(col_scale(feeds))
     assert col.scales()["p"] == pytest.approx(S, rel=1e-6)
     rows = smc.rewrite(g, col.scales())
     assert rows == [["p", "o", pytest.approx(S), "p_smc", "o_smc"]]
@@ -102,3 +101,44 @@ def test_minilm_attention_corrected_float_unchanged(zoo_model):
     smc.rewrite(g, col.scales())
     out = Interpreter(g).run(feeds)[g.outputs[0]]
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_calibrate_smc_saves_the_correction_and_exports(tmp_path):
+    """--smc --save_mlir: the saved module holds the division / multiplication with their thresholds, the
+    cali_table names them, and export-qdq exports it; ONNX Runtime's float run equals our float run."""
+    ort = pytest.importorskip("onnxruntime")
+    from clitools import run_cli
+    from tpu_cal import ir
+    from tpu_cal.formats.cali_table import read_cali_table
+    rng = np.random.default_rng(9)
+    g, feeds = attention(rng)
+    mlir = str(tmp_path / "att.mlir")
+    ir.save_graph(g, mlir)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        np.savez(data / f"s{i}.npz", s=feeds["s"][i:i + 1], v=feeds["v"][i:i + 1])
+    rc, out, err = run_cli("calibrate", mlir, "--dataset", data, "--smc", "--tune_num", "0", "-o", tmp_path / "t.cali",
+                           "--save_mlir", tmp_path / "cal.mlir")
+    assert rc == 0, err
+    assert "softmax correction: 1 of 1 attention softmaxes" in out
+    S = float(col_scale(feeds))
+    table = read_cali_table(str(tmp_path / "t.cali")).thresholds
+    assert table["p_smc"][0] == 1.0 and table["p"][0] == pytest.approx(S, rel=1e-5)
+    cal = ir.load_graph(str(tmp_path / "cal.mlir"))
+    cn = cal.node_map()
+    assert cn["p_smc"].extra["smc.scale"] == pytest.approx(S, rel=1e-5) and cn["out"].inputs == ["o_smc"]
+    for mode in ("F32", "INT8"):
+        rc, _, err = run_cli("export-qdq", tmp_path / "cal.mlir", "--quantize", mode, "-o", tmp_path / f"{mode}.onnx")
+        assert rc == 0, err
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    x = {k: v[:1] for k, v in feeds.items()}
+    got = ort.InferenceSession(str(tmp_path / "F32.onnx"), so, providers=["CPUExecutionProvider"]).run(None, x)[0]
+    np.testing.assert_allclose(got, Interpreter(g).run(x)["out"], rtol=1e-4, atol=1e-6)
+
+
+def col_scale(feeds) -> float:
+    """Brute force: the expected largest probability of a softmax row, from the scores."""
+    e = np.exp(feeds["s"].astype(np.float64) - feeds["s"].max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).max(-1).mean()
