@@ -5,8 +5,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from . import ir
-from .calibration import CalibrationConfig, attach, calibrate_graph
+from . import ir, optimize
+from .calibration import CalibrationConfig, attach
 from .chips import MIX_FLOAT_TYPES
 from .cli import name_list, option
 from .dataset import Dataset
@@ -39,7 +39,8 @@ class CalibrateOptions:
     print_stats: bool = option(False, help="print a per-tensor statistics table")
     save_mlir: str = option(None, help="write the calibrated module (thresholds attached) and its weights here")
     batch_size: int = option(16, help="samples run through the interpreter at once")
-    processor: str = option("bm1684x", aliases=("--chip",), help="target processor of the mixed-precision tables")
+    processor: str = option("bm1684x", aliases=("--chip",), help="target processor of the mixed-precision tables "
+                                                                 "and of the bias correction's simulation")
     fp_type: str = option("auto", choices=MIX_FLOAT_TYPES, help="float type of the qtables' ops (auto: F16 where "
                                                                  "the processor has it)")
     part_quantize: str = option(None, choices=PART_MODES, help="quantize only some op types (N_mode, H_mode, "
@@ -47,6 +48,14 @@ class CalibrateOptions:
     custom_operator: list = option([], parse=name_list, help="op types custom_mode quantizes, e.g. Conv,MatMul")
     part_asymmetric: bool = option(False, help="SiLU/GELU outputs read only by conv/matmul become asymmetric "
                                                "(#asym_op)")
+    # rewrites (tpu_cal.optimize), applied in the seeds' order sq, smc, we, bc
+    sq: bool = option(False, help="SmoothQuant: move activation outliers of matmul/conv inputs into the weights")
+    sq_alpha: float = option(0.5, help="SmoothQuant migration strength alpha in [0, 1]")
+    smc: bool = option(False, help="softmax correction: attention probabilities / S quantized, output times S")
+    we: bool = option(False, help="cross-layer weight equalization of conv->conv and conv->relu->conv")
+    bc: bool = option(False, help="bias correction of conv/matmul outputs below --min_layer_cos")
+    bc_inference_num: int = option(30, help="samples for bias correction")
+    min_layer_cos: float = option(0.99, help="bias correction fixes layers whose int8 output cosine is below this")
 
 
 def _method(o: CalibrateOptions) -> str:
@@ -82,7 +91,7 @@ def calibrate(o: CalibrateOptions) -> int:
     cfg = CalibrationConfig(method=method, input_num=o.input_num, tune_num=o.tune_num,
                             histogram_bin_num=o.histogram_bin_num, batch_size=o.batch_size,
                             kurtosis=o.kurtosis_analysis, mean_std=o.print_stats)
-    res = calibrate_graph(g, ds, cfg, tune_ds)
+    res = optimize.calibrate(g, ds, cfg, tune_ds, o)      # calibrate_graph with the rewrites o asks for
     header = make_header(mlir=os.path.basename(o.mlir_file), method=method, histogram_bins=o.histogram_bin_num,
                          samples=res.samples, tune_num=res.tune_samples)
     attach(g, res.table, method)

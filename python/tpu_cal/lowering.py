@@ -243,16 +243,17 @@ def fusable_activations(graph: Graph, prec: dict[str, str], asym=()) -> dict[str
 
 
 # --------------------------------------------------------------------------------------------------- lowering
-def lower(graph: Graph, chip, asym_ops=()) -> Graph:
+def lower(graph: Graph, chip, asym_ops=(), fuse_activations: bool = True) -> Graph:
     """The tpu-dialect Graph of a graph whose compute ops carry `precision` (see `assign_precision`).
 
     The input graph is not modified. `asym_ops` names ops whose INT8/INT4 results use asymmetric types
-    (quant.asymmetric(cali.min, cali.max)); it is an error on chips without asymmetric int8."""
-    return _Lowering(graph, as_chip(chip), asym_ops).run()
+    (quant.asymmetric(cali.min, cali.max)); it is an error on chips without asymmetric int8.
+    `fuse_activations=False` keeps every conv's own int8 result (bias correction measures the error there)."""
+    return _Lowering(graph, as_chip(chip), asym_ops, fuse_activations).run()
 
 
 class _Lowering:
-    def __init__(self, graph: Graph, chip: Chip, asym_ops):
+    def __init__(self, graph: Graph, chip: Chip, asym_ops, fuse_activations: bool = True):
         self.g = graph
         self.chip = chip
         self.nodes = graph.node_map()
@@ -287,7 +288,8 @@ class _Lowering:
         self.value: dict[str, str] = {}                   # original name -> lowered name holding its value
         self._tq: dict[tuple[str, str], quant.QType] = {}
         self.n_casts = 0
-        self.fused = fusable_activations(graph, self.prec, self.asym)     # activation name -> MAC op name
+        # activation name -> the MAC op lowered with it
+        self.fused = fusable_activations(graph, self.prec, self.asym) if fuse_activations else {}
         self.absorbed = set(self.fused.values())
 
     # ----- names

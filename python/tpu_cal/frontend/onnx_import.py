@@ -85,7 +85,7 @@ class Importer:
         self.nodes: list[Node] = []
         self.weights: dict[str, np.ndarray] = {}
         self._used: set[str] = set()
-        self._materialized: dict[int, str] = {}
+        self._materialized: dict[int, tuple] = {}     # id(V) -> (V, weight name)
         self.node = None          # the ONNX node being converted (for error messages)
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
 
@@ -164,8 +164,10 @@ class Importer:
             name = self._unique(base)
             self.weights[name] = np.asarray(v.data, order="C")   # ascontiguousarray makes 0-d arrays 1-d
             self.nodes.append(Node("top.weight", name, [], {"name": name}, tuple(v.data.shape), v.data.dtype.name))
-            self._materialized[key] = name
-        return self._materialized[key]
+            # v is kept alive with its name: a freed constant's id can be reused by a new one, which would then
+            # be given this weight (seen as an intermittently wrong PP-OCR cls module)
+            self._materialized[key] = (v, name)
+        return self._materialized[key][1]
 
     def _unique(self, name: str) -> str:
         base, k = name, 0
