@@ -219,7 +219,7 @@ def calibrate_graph(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: 
     col = StatsCollector(bins=bins, moments=cfg.kurtosis,
                          mean_std=cfg.mean_std or method in ("aciq_gauss", "aciq_laplace"))
     run_batches(Interpreter(graph, [col]), ds, samples, cfg.batch_size, f"calibrate ({method})")
-    table = thr.compute_table(col.stats, method, op_types=col.op_types)
+    table = thr.compute_table(col.stats, method, op_types=col.op_types, bounded=thr.bounded_tensors(graph))
     # graph inputs and outputs keep their full range: clipping raw input data loses information no later layer
     # recovers, and clipping an output changes the answer itself (the top logit, a box coordinate)
     for name in list(graph.inputs) + list(graph.outputs):

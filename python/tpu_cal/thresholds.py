@@ -350,8 +350,36 @@ def table_entry(st: TensorStats, method: str, *, bits: int = 8,
 
 
 def compute_table(stats: Mapping[str, TensorStats], method: str, *, op_types: Mapping[str, str] | None = None,
-                  bits: int = 8, **options) -> dict[str, tuple[float, float, float]]:
-    """(threshold, min, max) for every tensor, in the order of `stats`; bounded ops get the bounded rule."""
+                  bits: int = 8, bounded=(), **options) -> dict[str, tuple[float, float, float]]:
+    """(threshold, min, max) for every tensor, in the order of `stats`; bounded ops, and the tensors named in
+    `bounded` (see `bounded_tensors`), get the bounded rule."""
     op_types = op_types or {}
-    return {name: table_entry(st, method, bits=bits, bounds=output_bounds(op_types.get(name, "")), **options)
-            for name, st in stats.items()}
+    bounded = set(bounded)
+
+    def bounds(name):
+        b = output_bounds(op_types.get(name, ""))
+        return b if b is not None or name not in bounded else (-math.inf, math.inf)
+    return {name: table_entry(st, method, bits=bits, bounds=bounds(name), **options) for name, st in stats.items()}
+
+
+# ops whose output stays within the range of their data operands: a bounded tensor moved, selected, pooled or
+# guarded (softmax -> where(isnan(p), 0, p), as exported attention does) is as bounded as it was
+_KEEPS_BOUNDS = frozenset({"top.reshape", "top.permute", "top.slice", "top.pad", "top.maxpool", "top.avgpool",
+                           "top.expand", "top.tile", "top.gather", "top.depth_to_space", "top.space_to_depth",
+                           "top.concat", "top.where", "top.resize", "top.relu"})
+
+
+def bounded_tensors(graph) -> set[str]:
+    """Names of the tensors bounded by construction: outputs of the bounded ops, and of the ops in
+    `_KEEPS_BOUNDS` whose float operands are all bounded tensors or constants (weights)."""
+    nodes = graph.node_map()
+    out: set[str] = set()
+    for n in graph.nodes:
+        if n.op in _BOUNDS:
+            out.add(n.name)
+        elif n.op in _KEEPS_BOUNDS and n.inputs:
+            data = [i for i in n.inputs if i is not None and np.dtype(nodes[i].dtype).kind == "f"]
+            if data and any(i in out for i in data) and \
+                    all(i in out or nodes[i].op == "top.weight" for i in data):
+                out.add(n.name)
+    return out

@@ -692,3 +692,39 @@ def test_inf_created_from_finite_values_is_still_an_error(tmp_path):
     rc, _, err = run_cli("calibrate", tmp_path / "f.mlir", "--dataset", tmp_path / "ds", "-o", tmp_path / "f.cali")
     assert_clean_error(rc, err, "xd_Div", "Inf", "on sample", ".npz")
     assert not (tmp_path / "f.cali").exists()
+
+
+def test_bounded_outputs_stay_bounded_through_guards_and_moves(tmp_path):
+    """softmax -> where(isnan(p), 0, p) (exported attention's NaN guard) -> reshape -> matmul: KLD keeps the whole
+    observed range of the softmax and of the guarded / reshaped probabilities (it used to clip the guard's output
+    to a fraction of it); the matmul after them is an ordinary tensor."""
+    rng = np.random.default_rng(4)
+    v = rng.standard_normal((64, 5)).astype(np.float32)
+    nodes = [h.make_node("Softmax", ["x"], ["p"], axis=-1), h.make_node("IsNaN", ["p"], ["bad"]),
+             h.make_node("Where", ["bad", "zero", "p"], ["g"]), h.make_node("Reshape", ["g", "shape"], ["r"]),
+             h.make_node("MatMul", ["r", "v"], ["y"])]
+    inits = [nh.from_array(np.array(0, np.float32), "zero"), nh.from_array(np.array([32, 64], np.int64), "shape"),
+             nh.from_array(v, "v")]
+    g = h.make_graph(nodes, "guard", [h.make_tensor_value_info("x", T.FLOAT, [1, 32, 64])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [32, 5])], inits)
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), tmp_path / "guard.onnx")
+    rc, _, err = run_cli("transform", "--model_name", "guard", "--model_def", tmp_path / "guard.onnx", "--mlir",
+                         tmp_path / "g.mlir")
+    assert rc == 0, err
+    (tmp_path / "ds").mkdir()
+    xs = []
+    for i in range(16):    # most probabilities tiny, a long tail to ~1: KLD alone would cut it at ~0.03
+        x = (rng.standard_normal((1, 32, 64)) * 3).astype(np.float32)
+        np.save(tmp_path / "ds" / f"s{i}.npy", x)
+        xs.append(x)
+    rc, _, err = run_cli("calibrate", tmp_path / "g.mlir", "--dataset", tmp_path / "ds", "--tune_num", "0", "-o",
+                         tmp_path / "g.cali")
+    assert rc == 0, err
+    _, rows = read_table(tmp_path / "g.cali")
+    x = np.concatenate(xs)
+    p = np.exp(x - x.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    for name in ("p_Softmax", "g_Where", "r_Reshape"):
+        assert rows[name][0] == pytest.approx(p.max(), rel=1e-5), (name, rows[name])
+    y = p.reshape(-1, 64) @ v
+    assert rows["y_MatMul"][2] == pytest.approx(y.max(), rel=1e-4)
