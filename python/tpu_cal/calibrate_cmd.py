@@ -5,7 +5,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from . import ir
+from . import ir, search
 from .calibration import CalibrationConfig, attach, calibrate_graph
 from .cli import option
 from .dataset import Dataset
@@ -13,6 +13,7 @@ from .errors import UserError
 from .formats.cali_table import CaliTable, make_header, write_cali_table
 from .preprocess import Preprocess
 from .report import table
+from .search.common import parse_bool
 from .thresholds import canonical_method
 
 CALI_METHODS = ("use_kl", "use_mse", "use_max", "use_percentile9999", "use_aciq_gauss", "use_aciq_laplace",
@@ -36,6 +37,27 @@ class CalibrateOptions:
     print_stats: bool = option(False, help="print a per-tensor statistics table")
     save_mlir: str = option(None, help="write the calibrated module (thresholds attached) and its weights here")
     batch_size: int = option(16, help="samples run through the interpreter at once")
+    # searches (seeds 000/002: run_calibration's search flags); tpu_cal.search runs them
+    search: str = option("false", choices=("false", "search_qtable", "search_threshold"),
+                         help="search_qtable (mixed precision), search_threshold (best method), false")
+    processor: str = option("bm1684x", aliases=("--chip",), help="target processor of the searches")
+    inference_num: int = option(30, help="samples the searches measure the quantized model on")
+    expected_cos: float = option(0.99, help="search_qtable: wanted output cosine of the mix, in [0, 1]")
+    max_float_layers: int = option(5, help="search_qtable: at most this many float layers")
+    fp_type: str = option("auto", choices=("auto", "F16", "BF16", "F32"),
+                          help="search_qtable: precision of the float layers (auto: F16, BF16 or F32 by chip)")
+    mix_mode: str = option("8_16", choices=("8_16", "4_8"), help="search_qtable: int8 + float, or int4 + int8")
+    quantize_method_list: str = option("MSE", help="search_qtable: threshold methods per layer, from KL, MSE, "
+                                                   "MAX, Percentile9999")
+    benchmark_method: str = option("cos", choices=("cos", "snr"), help="search_threshold: similarity measure")
+    global_compare_layers: str = option(None, help="compare these tensors instead of the outputs: a,b or "
+                                                   "a:0.3,b:0.7")
+    post_process: str = option(None, help="python file whose PostProcess(data) is applied before comparing")
+    transformer: bool = option(False, parse=parse_bool, help="search_qtable: True searches only matmul/conv layers")
+    cluster: bool = option(False, help="search_qtable: float candidates from the high-loss cluster (2-means)")
+    quantize_table: str = option(None, help="search_qtable: the qtable to write")
+    fixed_qtable: str = option(None, help="search_qtable: a qtable whose entries every candidate keeps")
+    workers: int = option(0, help="worker processes for the searches (0: all cores)")
 
 
 def _method(o: CalibrateOptions) -> str:
@@ -60,6 +82,7 @@ def calibrate(o: CalibrateOptions) -> int:
     inputs = [nodes[n] for n in g.inputs]
     ds = Dataset(inputs, pre, o.dataset, o.data_list)
     tune_ds = Dataset(inputs, pre, data_list=o.tune_list) if o.tune_list else None
+    searcher = search.prepare(o, g, ds, tune_ds)      # search flags are checked before the long run
     # outputs are checked writable before the long run, so a bad path fails at once
     for path in filter(None, (o.output, o.save_mlir)):
         folder = os.path.dirname(os.path.abspath(path))
@@ -70,6 +93,9 @@ def calibrate(o: CalibrateOptions) -> int:
     cfg = CalibrationConfig(method=method, input_num=o.input_num, tune_num=o.tune_num,
                             histogram_bin_num=o.histogram_bin_num, batch_size=o.batch_size)
     res = calibrate_graph(g, ds, cfg, tune_ds)
+    rc = 0
+    if searcher is not None:
+        res, method, rc = searcher.run(res, method)
     header = make_header(mlir=os.path.basename(o.mlir_file), method=method, histogram_bins=o.histogram_bin_num,
                          samples=res.samples, tune_num=res.tune_samples)
     attach(g, res.table, method)
@@ -93,4 +119,4 @@ def calibrate(o: CalibrateOptions) -> int:
                          th / st.absmax if st.absmax else 1.0, "" if tuned is None else f"{tuned[0]:.4g}"])
         print(table(["tensor", "op", "min", "max", "mean", "std", "threshold", "th/absmax", "before tune"], rows,
                     title="per-tensor statistics:"))
-    return 0
+    return rc
