@@ -119,9 +119,7 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
     tables = {m: (tables or {}).get(m) or method_table(graph, stats, op_types, m, bits=bits) for m in cfg.methods}
     log.info(f"run float mode: {model}")
     log.info(f"run int8 mode: {model}")
-    ref_int8 = engine.reference(Candidate(default=cfg.base_mode))
-    int8_cos = ref_int8.score.cos
-    del ref_int8
+    int8_cos = engine.reference(Candidate(default=cfg.base_mode)).score.cos
     log.info(f"all_int8_cos={int8_cos}")
     layers, n_all, n_nofloat = search_layers(graph, engine.chip, engine.table, fixed, cfg.transformer)
     log.info("layer name check pass !")
@@ -167,10 +165,15 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
         new_table[r.name] = tables[r.best_method][r.name]
 
     # 2. the mix: greedy forward selection of float layers, within the cap
-    base = Candidate(thresholds=best_th, default=cfg.base_mode)
-    ref = engine.reference(base)
+    ref = engine.reference(Candidate(thresholds=best_th, default=cfg.base_mode))
     start_cos = ref.score.cos
     log.info(f"all int8 with the searched thresholds: outputs_cos = {start_cos}")
+    if start_cos < int8_cos:
+        # each layer's best threshold alone need not be best together; the table that measures better wins
+        log.info("the calibration table's thresholds measure better together: the mix keeps them")
+        best_th, new_table = {}, dict(engine.table)
+        ref = engine.reference(Candidate(default=cfg.base_mode))
+        start_cos = ref.score.cos
     chosen: list[str] = []
     steps: list[tuple[str, float]] = []
     pool = [r.name for r in ranked if r.loss > 0]
