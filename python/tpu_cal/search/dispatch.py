@@ -25,6 +25,9 @@ from .engine import Engine
 
 SEARCHES = ("false", "search_qtable", "search_threshold")
 BENCHMARKS = ("cos", "snr")
+# inference samples run at once by the searches (at least --batch_size): larger batches run the kernels faster
+# (EfficientNet-Lite0, 30 samples: 1.2x faster in one batch than in two), the cache holds every tensor anyway
+ENGINE_BATCH = 64
 
 
 def prepare(o, graph: Graph, ds: Dataset, tune_ds: Dataset | None = None):
@@ -78,7 +81,8 @@ class CalibrateSearch:
     def _engine(self, table: dict) -> Engine:
         feeds, _ = inference_feeds(self.ds, self.o.inference_num)
         return Engine(self.graph, table, self.chip, feeds, compare=self.compare, post_process=self.post,
-                      batch_size=self.o.batch_size, workers=self.o.workers, fixed=self.fixed,
+                      batch_size=max(self.o.batch_size, min(self.o.inference_num, ENGINE_BATCH)),
+                      workers=self.o.workers, fixed=self.fixed,
                       metric=self.o.benchmark_method if self.kind == "search_threshold" else "cos")
 
     def run(self, res: CalibrationResult, method: str) -> tuple[CalibrationResult, str, int]:

@@ -7,7 +7,8 @@
    fewer than --max_float_layers layers are float: each candidate layer (the most sensitive ones, or with
    --cluster the high-loss cluster) is measured as the next float layer of the current mix, exactly; the best
    is kept (greedy forward selection). The first round measures every candidate; later rounds re-measure the
-   few best of the previous round, whose gains change little when another layer goes float. The cap is a
+   few best of the previous round, whose gains change little when another layer goes float, and the neighbours
+   of the float layers, whose gains change most (two adjacent float layers drop the int8 tensor between them). The cap is a
    cap: when the target is not reached, the best mix found within it is written and the result says so.
 
 Every measurement is a lowered module in the quantized simulation (`search.engine`): only the part downstream
@@ -31,8 +32,8 @@ from ..report import table as text_table
 from .common import LOG_NAMES, Log
 from .engine import Candidate, Engine, Score
 
-POOL_MIN = 12          # float-layer candidates measured in the first round (at least; 3 per allowed layer)
-RECHECK = 4            # candidates re-measured in later rounds
+POOL_MIN = 8           # float-layer candidates measured in the first round (at least; 2 per allowed layer)
+RECHECK = 3            # candidates re-measured in later rounds
 MAC_OPS = ("conv", "deconv", "matmul")
 
 
@@ -182,11 +183,18 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
         high = _two_means(losses)
         pool = [p for p, h in zip(pool, high) if h]
         log.info(f"cluster: {len(pool)} sensitive layer(s) in the high-loss cluster")
-    pool = pool[:max(POOL_MIN, 3 * cfg.max_float_layers)]
+    pool = pool[:max(POOL_MIN, 2 * cfg.max_float_layers)]
     cur: Score = ref.score
     gains: dict[str, float] = {}
+    # the producers and consumers of a float layer gain most from it (together they drop the int8 tensor between
+    # them), so they join the candidates of the next rounds
+    searchable = {n.name for n in layers}
+    users = graph.users()
+    nodes = graph.node_map()
+    near: list[str] = []
     while cur.cos < cfg.expected_cos and len(chosen) < cfg.max_float_layers and pool:
         todo = pool if not gains else sorted(pool, key=lambda p: -gains[p])[:RECHECK]
+        todo += [p for p in near if p not in todo and p not in chosen]
 
         def mix(extra):
             modes = {c: cfg.float_mode for c in chosen + [extra]}
@@ -195,12 +203,16 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
         for p, s in zip(todo, sc):
             gains[p] = s.cos
             log.info(f"try float layers {chosen + [p]}: outputs_cos = {s.cos}")
-        best = max(todo, key=lambda p: (gains[p], -pool.index(p)))
+        best = max(todo, key=lambda p: (gains[p], -todo.index(p)))
         if gains[best] <= cur.cos:
             log.info("no candidate layer improves the outputs any more")
             break
         chosen.append(best)
-        pool.remove(best)
+        if best in pool:
+            pool.remove(best)
+        for nb in [i for i in nodes[best].inputs if i is not None] + [u.name for u in users[best]]:
+            if nb in searchable and nb not in chosen and nb not in near:
+                near.append(nb)
         ref = engine.reference(Candidate(modes={c: cfg.float_mode for c in chosen}, thresholds=best_th,
                                          default=cfg.base_mode))
         cur = ref.score
