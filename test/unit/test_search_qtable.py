@@ -236,3 +236,42 @@ def test_bad_search_input(model, tmp_path, flags, needle):
     rc, out, err = _run_search(model, tmp_path, *flags)
     assert_clean_error(rc, err, needle)
     assert sorted(os.listdir(tmp_path)) == ["pp.py"]       # nothing written
+
+
+def test_fixed_qtable_entries_are_kept_and_not_searched(model):
+    from tpu_cal.search import qtable as qs
+    from tpu_cal.search.engine import Candidate
+    g, res, feeds, eng = _engine(model, fixed={OUTLIER: "F32"})
+    assert eng.reference(Candidate()).score.cos == pytest.approx(
+        _independent_cos(g, res.table, feeds, {OUTLIER: "F32"}), abs=1e-12)
+    r = qs.run(eng, g, res.stats, res.op_types, qs.QtableConfig(["mse"], 0.99, 2), "m.mlir", fixed={OUTLIER: "F32"})
+    assert OUTLIER not in {x.name for x in r.layers} and OUTLIER not in r.qtable
+
+
+def test_transformer_searches_only_mac_layers_and_cluster_splits_by_loss(model):
+    from tpu_cal.search import qtable as qs
+    g, res, feeds, eng = _engine(model)
+    r = qs.run(eng, g, res.stats, res.op_types, qs.QtableConfig(["mse"], 0.99, 1, transformer=True), "m.mlir")
+    assert sorted(x.name for x in r.layers) == ["c1_Conv", "c2_Conv", "c3_Conv", "out_Conv"]
+    high = qs._two_means(np.array([0.0, 0.1, 0.2, 5.0, 5.1]))
+    assert high.tolist() == [False, False, False, True, True]
+
+
+def test_mix_mode_4_8_needs_an_int4_chip(model, tmp_path):
+    rc, out, err = _run_search(model, tmp_path, "--mix_mode", "4_8", "--processor", "bm1684x")
+    assert_clean_error(rc, err, "--mix_mode 4_8: bm1684x has no INT4")
+
+
+def test_per_sample_metrics_match_the_reference_formulas():
+    from tpu_cal.metrics import cosine, snr_db
+    from tpu_cal.search.engine import SNR_CAP_DB, per_sample_cosines, per_sample_snr
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((6, 3, 4)).astype(np.float32)
+    b = a + rng.standard_normal(a.shape).astype(np.float32) * 0.1
+    b[2] = a[2]                      # an exact sample
+    np.testing.assert_allclose(per_sample_cosines(a, b, 3), [cosine(a[2 * i:2 * i + 2], b[2 * i:2 * i + 2])
+                                                             for i in range(3)], rtol=1e-12)
+    got = per_sample_snr(a, b, 6)
+    want = [snr_db(a[i], b[i]) for i in range(6)]
+    assert got[2] == SNR_CAP_DB and want[2] == float("inf")
+    np.testing.assert_allclose(np.delete(got, 2), np.delete(want, 2), rtol=1e-12)
