@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import re
 import sys
@@ -41,7 +42,7 @@ def judge_ort(mlir: str, table: str, qtable: str | None, x: np.ndarray, ref: np.
     m = J.run_measured(cmd)
     if m.rc != 0:
         raise SystemExit(f"export-qdq failed: {m.stderr.strip().splitlines()[-1:]}")
-    return J.compare(ref, J.run_model(out, x))
+    return J.compare(ref, J.run_model(out, x, batch=1))     # the export keeps the module's batch of 1
 
 
 def judge_ours(mlir: str, table: str, qtable: str | None, x: np.ndarray) -> float:
@@ -59,6 +60,17 @@ def judge_ours(mlir: str, table: str, qtable: str | None, x: np.ndarray) -> floa
 
 def run_search(mlir: str, cal: str, work: str, a, kind: str, expected: float | None = None) -> dict:
     os.makedirs(work, exist_ok=True)
+    saved = os.path.join(work, "result.json")
+    if a.reuse and os.path.exists(saved):
+        with open(saved) as f:
+            return json.load(f)
+    r = _run_search(mlir, cal, work, a, kind, expected)
+    with open(saved, "w") as f:
+        json.dump(r, f)
+    return r
+
+
+def _run_search(mlir: str, cal: str, work: str, a, kind: str, expected: float | None) -> dict:
     out = os.path.join(work, "cali")
     cmd = C.tpu_cal_exe() + ["calibrate", mlir, "--dataset", cal, "--input_num", str(a.input_num), "--tune_num",
                              str(a.tune_num), "--inference_num", str(a.inference_num), "--workers", str(a.workers),
@@ -69,8 +81,8 @@ def run_search(mlir: str, cal: str, work: str, a, kind: str, expected: float | N
     m = J.run_measured(cmd)
     if m.rc not in (0, 1):
         raise SystemExit(f"{kind} failed (rc {m.rc}): {m.stderr.strip().splitlines()[-1:]}")
-    r = {"kind": kind, "expected": expected, "wall": m.wall_s, "rss": m.peak_rss_mb, "rc": m.rc, "out": out,
-         "stdout": m.stdout}
+    r = {"kind": kind, "expected": expected, "wall": m.wall_s, "cpu": m.cpu_s, "rss": m.peak_rss_mb, "rc": m.rc,
+         "out": out, "load": os.getloadavg()[0]}
     ev = re.search(r"\((\d+) evaluations in ([0-9.]+)s", m.stdout)
     if ev:
         r["evals"], r["search_s"] = int(ev.group(1)), float(ev.group(2))
@@ -99,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--eval", type=int, default=40)
     p.add_argument("--no-threshold", action="store_true")
+    p.add_argument("--reuse", action="store_true", help="reuse the measurements of the last run (result.json in "
+                                                         "each run folder) and only judge again")
     p.add_argument("--write", action="store_true", help="write the '## Search' section of bench/RESULTS.md")
     a = p.parse_args(argv)
     from tpu_cal.zoo import cache_dir
@@ -120,7 +134,7 @@ def main(argv=None) -> int:
     rows = []
     base = runs[0]
     q_int8 = judge_ort(mlir, base["out"], None, x, ref, work)
-    rows.append(["full int8 (calibration table, no qtable)", "", "", "", "0", f"{base['search_int8']:.5f}",
+    rows.append(["full int8 (calibration table, no qtable)", "", "", "", "", "", "0", f"{base['search_int8']:.5f}",
                  f"{judge_ours(mlir, base['out'], None, x):.5f}", f"{q_int8.mean_cos:.5f}", f"{q_int8.min_cos:.5f}",
                  f"{q_int8.top1 * 100:.1f}"])
     for r in runs:
@@ -132,9 +146,10 @@ def main(argv=None) -> int:
         else:
             what, nf, scos = f"search_threshold (best: {r['best']})", "0", ""
         speed = f"{r['evals'] / r['search_s']:.2f}" if r.get("evals") else ""
-        rows.append([what, f"{r['wall']:.1f}", f"{TPU_MLIR[r['kind']] / r['wall']:.1f}x", speed, nf, scos,
+        rows.append([what, f"{r['wall']:.1f}", f"{r['cpu']:.1f}", f"{r['rss']:.0f}",
+                     f"{TPU_MLIR[r['kind']] / r['wall']:.1f}x", speed, nf, scos,
                      f"{ours:.5f}", f"{q.mean_cos:.5f}", f"{q.min_cos:.5f}", f"{q.top1 * 100:.1f}"])
-    head = ["run", "wall s", "vs TPU-MLIR", "evals/s", "float layers", "cos on inference samples",
+    head = ["run", "wall s", "CPU s", "peak RSS MB", "TPU-MLIR s / wall s", "evals/s", "float layers", "cos on inference samples",
             f"ours on {a.eval} held-back", "ORT QDQ held-back cos mean", "min", "top-1 %"]
     print(C.text_table(head, rows))
     for r in runs:
