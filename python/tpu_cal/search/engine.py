@@ -136,9 +136,11 @@ class Engine:
         self.evaluations = 0                           # candidate evaluations so far (for the speed report)
         self._float_targets: list[list[np.ndarray]] | None = None
         self.float_ref = self.reference(Candidate(default="F32"))
-        self._float_targets = [[self._target(self.float_ref, b, None, name) for name, _ in self.compare]
-                               for b in range(len(self.batches))]
-        self.float_ref.score = self._score(self.float_ref, [{} for _ in self.batches], 0, 0)
+        fl = self.float_ref.graph
+        fnodes = fl.node_map()
+        self._float_targets = [[self._target(b, name, fl, fnodes, {}, self.float_ref.values[b])
+                                for name, _ in self.compare] for b in range(len(self.batches))]
+        self.float_ref.score = self._score(fl, self.float_ref.values, self.float_ref.values, 0)
 
     # ----------------------------------------------------------------------------------------- lowering
     def lowered(self, cand: Candidate) -> Graph:
@@ -188,23 +190,22 @@ class Engine:
         values = [interp.run(b, keep="all") for b in self.batches]
         ref = Reference(lg, values, self._signature(lg), Score(float("nan"), {}))
         if self._float_targets is not None:
-            ref.score = self._score(ref, [{} for _ in self.batches], len(lg.nodes), len(lg.nodes))
+            ref.score = self._score(lg, values, values, len(lg.nodes))
         return ref
 
-    def _target(self, ref: Reference, b: int, env: dict | None, name: str) -> np.ndarray:
-        """Compared tensor `name` (a float-graph name) of batch b, as real numbers."""
-        lg = ref.graph if env is None else env["__graph__"]
+    def _target(self, b: int, name: str, lg: Graph, nodes: dict, env: dict, cached: dict) -> np.ndarray:
+        """Compared tensor `name` (a float-graph name) of batch b of lowered graph `lg`, as real numbers: computed
+        (`env`) or, when unchanged, the reference's (`cached`)."""
         lname = lg.outputs[self.graph.outputs.index(name)] if name in self.graph.outputs else name
-        v = env.get(lname) if env is not None else None
-        if v is None:
-            v = ref.values[b][lname]
-        return real_value(lg.node_map()[lname] if env is None else env["__nodes__"][lname], v)
+        v = env[lname] if lname in env else cached[lname]
+        return real_value(nodes[lname], v)
 
-    def _score(self, ref: Reference, envs: list[dict], computed: int, total: int) -> Score:
+    def _score(self, lg: Graph, envs: list[dict], cached: list[dict], computed: int) -> Score:
+        nodes = lg.node_map()
         sums = {name: 0.0 for name, _ in self.compare}
         for b, n in enumerate(self.samples):
             for k, (name, _) in enumerate(self.compare):
-                q = self._target(ref, b, envs[b] or None, name)
+                q = self._target(b, name, lg, nodes, envs[b], cached[b])
                 f = self._float_targets[b][k]
                 if self.post_process is not None:
                     c = [self.metric(_flat(self.post_process(f[i:i + 1])),
@@ -217,7 +218,7 @@ class Engine:
         per = {name: s / self.n_samples for name, s in sums.items()}
         wsum = sum(w for _, w in self.compare)
         cos = sum(per[name] * w for name, w in self.compare) / wsum
-        return Score(float(cos), per, computed, total)
+        return Score(float(cos), per, computed, len(lg.nodes))
 
     def score(self, cand: Candidate, ref: Reference | None = None) -> Score:
         """Scores one candidate, running only what differs from `ref` (the float reference by default)."""
@@ -225,17 +226,11 @@ class Engine:
         lg = self.lowered(cand)
         dirty = self._dirty(lg, self._signature(lg), ref)
         interp = Interpreter(lg)
-        nodes = lg.node_map()
-        want = set()
-        for name, _ in self.compare:
-            want.add(lg.outputs[self.graph.outputs.index(name)] if name in self.graph.outputs else name)
-        envs = []
-        for b in range(len(self.batches)):
-            env = interp.run_from(ref.values[b], dirty, keep=want)
-            env["__graph__"], env["__nodes__"] = lg, nodes
-            envs.append(env)
+        want = {lg.outputs[self.graph.outputs.index(name)] if name in self.graph.outputs else name
+                for name, _ in self.compare}
+        envs = [interp.run_from(ref.values[b], dirty, keep=want) for b in range(len(self.batches))]
         self.evaluations += 1
-        return self._score(ref, envs, len(dirty), len(lg.nodes))
+        return self._score(lg, envs, ref.values, len(dirty))
 
     def evaluate(self, cands: list[Candidate], ref: Reference | None = None, desc: str = "candidates") \
             -> list[Score]:

@@ -66,13 +66,14 @@ class QtableResult:
     new_table: dict[str, tuple[float, float, float]]
     layers: list[LayerResult]                 # most sensitive first
     int8_cos: float                           # all int8, the original table
-    int8_best_cos: float                      # all int8, the searched thresholds
+    int8_best_cos: float                      # all int8, the searched thresholds (measured, used or not)
     mix_cos: float
     reached: bool
     steps: list[tuple[str, float]] = field(default_factory=list)    # (layer added, cosine after)
     evaluations: int = 0
     seconds: float = 0.0
     log: Log = field(default_factory=Log)
+    kept_calibration: bool = False            # the searched thresholds measured worse together: not used
 
 
 def search_layers(graph: Graph, chip: Chip, table: dict, fixed: dict, transformer: bool) -> tuple[list, int, int]:
@@ -167,9 +168,10 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
 
     # 2. the mix: greedy forward selection of float layers, within the cap
     ref = engine.reference(Candidate(thresholds=best_th, default=cfg.base_mode))
-    start_cos = ref.score.cos
+    start_cos = searched_cos = ref.score.cos
     log.info(f"all int8 with the searched thresholds: outputs_cos = {start_cos}")
-    if start_cos < int8_cos:
+    kept = start_cos < int8_cos
+    if kept:
         # each layer's best threshold alone need not be best together; the table that measures better wins
         log.info("the calibration table's thresholds measure better together: the mix keeps them")
         best_th, new_table = {}, dict(engine.table)
@@ -221,8 +223,8 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
     reached = cur.cos >= cfg.expected_cos
     log.info(f"mix model outputs_cos = {cur.cos}, float layers: {len(chosen)}, expected_cos {cfg.expected_cos} "
              f"{'reached' if reached else 'not reached'}")
-    return QtableResult({c: cfg.float_mode for c in chosen}, new_table, ranked, int8_cos, start_cos, cur.cos,
-                        reached, steps, engine.evaluations, time.time() - t0, log)
+    return QtableResult({c: cfg.float_mode for c in chosen}, new_table, ranked, int8_cos, searched_cos, cur.cos,
+                        reached, steps, engine.evaluations, time.time() - t0, log, kept)
 
 
 def report(res: QtableResult, qtable_path: str, cfg: QtableConfig) -> str:
@@ -233,8 +235,9 @@ def report(res: QtableResult, qtable_path: str, cfg: QtableConfig) -> str:
                           [[name, res.qtable[name], cos] for name, cos in res.steps],
                           title=f"float layers ({len(res.steps)} of at most {cfg.max_float_layers}):"))
     out.append(text_table(["model", "outputs cos"],
-                          [["all int8, calibration table", res.int8_cos],
-                           ["all int8, searched thresholds", res.int8_best_cos],
+                          [[f"all {cfg.base_mode.lower()}, calibration table", res.int8_cos],
+                           [f"all {cfg.base_mode.lower()}, searched thresholds"
+                            + (" (worse together: not used)" if res.kept_calibration else ""), res.int8_best_cos],
                            [f"mix, {len(res.qtable)} float layer(s)", res.mix_cos]],
                           title=f"run result ({res.evaluations} evaluations in {res.seconds:.1f}s, "
                                 f"{res.evaluations / max(res.seconds, 1e-9):.2f}/s):"))
