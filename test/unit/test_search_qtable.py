@@ -117,12 +117,15 @@ def test_downstream_scores_equal_full_runs(model):
     assert s.cos == pytest.approx(_independent_cos(g, t2, feeds, {}), abs=1e-12)
 
 
-def test_workers_give_the_same_scores(model):
+def test_workers_and_cache_budget_give_the_same_scores(model):
     from tpu_cal.search.engine import Candidate
     cands = [Candidate(modes={n: "INT8"}, default="F32") for n in ("c1_Conv", OUTLIER, "c3_Conv", "out_Conv")]
     one = [s.cos for s in _engine(model, 1)[3].evaluate(cands)]
     two = [s.cos for s in _engine(model, 2)[3].evaluate(cands)]
     assert one == two
+    eng = _engine(model, 1, cache_budget=0)[3]          # nothing cached: every candidate runs in full
+    full = eng.evaluate(cands)
+    assert [s.cos for s in full] == one and all(s.computed == s.total for s in full)
 
 
 def test_post_process_and_compare_layers_change_what_is_compared(model):

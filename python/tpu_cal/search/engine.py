@@ -14,6 +14,8 @@ taken from the reference's cache; only the rest, the part downstream of what the
 
 The float activations of the inference samples are computed once (`Engine.float_ref`, the all-F32 lowering)
 and are both the reference the per-layer searches start from and what every score compares against.
+A reference whose tensors would exceed `cache_budget` (default a quarter of the machine's memory) keeps only
+the inputs, and candidates measured from it run the whole module: slower, same scores.
 Independent candidates run in forked worker processes (`workers`, default all cores), which share the caches
 copy-on-write; results come back in candidate order, so a search is deterministic whatever the worker count.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,8 +116,12 @@ class Engine:
     def __init__(self, graph: Graph, table: dict, chip, feeds: dict[str, np.ndarray], *,
                  compare: list[tuple[str, float]] | None = None, post_process=None, batch_size: int = 16,
                  workers: int = 0, fixed: dict[str, str] | None = None, asym_ops=(), show_progress=True,
-                 metric: str = "cos"):
+                 metric: str = "cos", cache_budget: int | None = None):
         self.graph = graph
+        # bytes one cached reference may hold (the float one and the current mix are alive at once); default a
+        # quarter of the machine's memory
+        self.cache_budget = int(cache_budget if cache_budget is not None else _physical_memory() // 4)
+        self._warned = False
         self.metric = {"cos": per_sample_cosines, "snr": per_sample_snr}[metric]
         self.table = dict(table)                       # op -> (threshold, min, max): the base thresholds
         self.chip: Chip = as_chip(chip)
@@ -187,16 +194,40 @@ class Engine:
         """Runs `cand` in full and caches every value (the base the next candidates are measured from)."""
         lg = self.lowered(cand)
         interp = Interpreter(lg)
-        values = [interp.run(b, keep="all") for b in self.batches]
-        ref = Reference(lg, values, self._signature(lg), Score(float("nan"), {}))
+        if self.cache_bytes(lg) > self.cache_budget:
+            # too large to keep: only the inputs are kept, every candidate then runs in full (exact, slower)
+            want = {self._lname(lg, name) for name, _ in self.compare}
+            values = [dict(b, **interp.run(b, keep=want)) for b in self.batches]
+            sig: dict = {}
+            if not self._warned:
+                self._warned = True
+                print(f"note: the tensors of {self.n_samples} inference samples need "
+                      f"{self.cache_bytes(lg) / 2**30:.1f} GiB, more than the cache budget "
+                      f"({self.cache_budget / 2**30:.1f} GiB): every candidate runs the whole module",
+                      file=sys.stderr)
+        else:
+            values = [interp.run(b, keep="all") for b in self.batches]
+            sig = self._signature(lg)
+        ref = Reference(lg, values, sig, Score(float("nan"), {}))
         if self._float_targets is not None:
             ref.score = self._score(lg, values, values, len(lg.nodes))
         return ref
 
+    def cache_bytes(self, lg: Graph) -> int:
+        """Bytes of every tensor of `lg` over the inference samples (what a cached reference holds)."""
+        nodes = lg.node_map()
+        declared = nodes[lg.inputs[0]].shape[0] if nodes[lg.inputs[0]].shape else 1
+        per = sum(int(np.prod(n.shape or (1,))) * np.dtype(n.dtype).itemsize
+                  for n in lg.nodes if n.op not in ("top.weight", "top.none"))
+        return per * self.n_samples // max(declared, 1)
+
+    def _lname(self, lg: Graph, name: str) -> str:
+        return lg.outputs[self.graph.outputs.index(name)] if name in self.graph.outputs else name
+
     def _target(self, b: int, name: str, lg: Graph, nodes: dict, env: dict, cached: dict) -> np.ndarray:
         """Compared tensor `name` (a float-graph name) of batch b of lowered graph `lg`, as real numbers: computed
         (`env`) or, when unchanged, the reference's (`cached`)."""
-        lname = lg.outputs[self.graph.outputs.index(name)] if name in self.graph.outputs else name
+        lname = self._lname(lg, name)
         v = env[lname] if lname in env else cached[lname]
         return real_value(nodes[lname], v)
 
@@ -226,8 +257,7 @@ class Engine:
         lg = self.lowered(cand)
         dirty = self._dirty(lg, self._signature(lg), ref)
         interp = Interpreter(lg)
-        want = {lg.outputs[self.graph.outputs.index(name)] if name in self.graph.outputs else name
-                for name, _ in self.compare}
+        want = {self._lname(lg, name) for name, _ in self.compare}
         envs = [interp.run_from(ref.values[b], dirty, keep=want) for b in range(len(self.batches))]
         self.evaluations += 1
         return self._score(lg, envs, ref.values, len(dirty))
@@ -257,6 +287,13 @@ class Engine:
             if bar:
                 bar.close()
         return out
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):      # not POSIX: assume 8 GiB
+        return 8 << 30
 
 
 _WORKER: tuple | None = None        # (engine, reference) of this worker process, set once when it starts
