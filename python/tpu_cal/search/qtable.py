@@ -206,6 +206,15 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
             gains[p] = s.cos
             log.info(f"try float layers {chosen + [p]}: outputs_cos = {s.cos}")
         best = max(todo, key=lambda p: (gains[p], -todo.index(p)))
+        rest = [p for p in pool if p not in todo]
+        if gains[best] <= cur.cos and rest:
+            # stale gains can mislead: before giving up, measure every remaining candidate on the current mix
+            sc = engine.evaluate([mix(p) for p in rest], ref, desc=f"float layer {len(chosen) + 1} (all)")
+            for p, s in zip(rest, sc):
+                gains[p] = s.cos
+                log.info(f"try float layers {chosen + [p]}: outputs_cos = {s.cos}")
+            todo = todo + rest
+            best = max(todo, key=lambda p: (gains[p], -todo.index(p)))
         if gains[best] <= cur.cos:
             log.info("no candidate layer improves the outputs any more")
             break
