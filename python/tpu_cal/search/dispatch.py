@@ -97,7 +97,7 @@ class CalibrateSearch:
                 kl = method_table(self.graph, res.stats, res.op_types, "kl")
                 if o.tune_num > 0:
                     kl = tune_table(self.graph, kl, res.stats, self.tune_ds or self.ds, cfg)[0]
-            tables = {"kl+tune": kl}
+            tables = {"kl+tune" if o.tune_num > 0 else "kl": kl}
             for m in tsearch.METHODS[1:]:
                 tables[m] = res.table if m == method else method_table(self.graph, res.stats, res.op_types, m)
             engine = self._engine(res.table)

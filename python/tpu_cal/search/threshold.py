@@ -10,7 +10,8 @@ from ..report import table as text_table
 from .common import Log
 from .engine import Candidate, Engine
 
-# the candidates, in the order they are measured and printed (a tie keeps the earlier one)
+# the candidates, in the order they are measured and printed (a tie keeps the earlier one); KLD is auto-tuned
+# unless --tune_num is 0
 METHODS = ("kl+tune", "mse", "max", "percentile9999")
 
 
