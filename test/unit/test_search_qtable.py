@@ -109,6 +109,14 @@ def test_downstream_scores_equal_full_runs(model):
         mixed = eng.score(Candidate(modes={name: "F16"}), ref)
         assert mixed.cos == pytest.approx(_independent_cos(g, res.table, feeds, {name: "F16"}), abs=1e-12)
         assert mixed.computed < mixed.total      # only part of the graph ran
+    # a reference built from another one holds exactly the tensors of a full run
+    cand = Candidate(modes={"r2_Relu": "F16"})
+    inc, whole = eng.reference(cand, base=ref), eng.reference(cand)
+    assert inc.score.cos == whole.score.cos and inc.score.computed < whole.score.computed
+    for b in range(len(whole.values)):
+        for n in whole.graph.nodes:
+            if n.op != "top.none":
+                np.testing.assert_array_equal(inc.values[b][n.name], whole.values[b][n.name], err_msg=n.name)
     # a changed threshold is seen downstream of its layer only
     th = {"r2_Relu": res.table["r2_Relu"][0] * 0.5}
     s = eng.score(type(Candidate())(thresholds=th), ref)

@@ -190,10 +190,22 @@ class Engine:
         return out
 
     # ----------------------------------------------------------------------------------------- running
-    def reference(self, cand: Candidate) -> Reference:
-        """Runs `cand` in full and caches every value (the base the next candidates are measured from)."""
+    def reference(self, cand: Candidate, base: Reference | None = None) -> Reference:
+        """Runs `cand` and caches every value (the base the next candidates are measured from); with `base`, only
+        what differs from it runs, the rest is shared with it."""
         lg = self.lowered(cand)
         interp = Interpreter(lg)
+        if base is not None and base.sig and self.cache_bytes(lg) <= self.cache_budget:
+            sig = self._signature(lg)
+            dirty = self._dirty(lg, sig, base)
+            values = []
+            for b in range(len(self.batches)):
+                env = interp.run_from(base.values[b], dirty, keep=dirty)
+                values.append({n.name: env[n.name] if n.name in env else base.values[b][n.name]
+                               for n in lg.nodes if n.op != "top.none"})
+            ref = Reference(lg, values, sig, Score(float("nan"), {}))
+            ref.score = self._score(lg, values, values, len(dirty))
+            return ref
         if self.cache_bytes(lg) > self.cache_budget:
             # too large to keep: only the inputs are kept, every candidate then runs in full (exact, slower)
             want = {self._lname(lg, name) for name, _ in self.compare}

@@ -121,7 +121,8 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
     tables = {m: (tables or {}).get(m) or method_table(graph, stats, op_types, m, bits=bits) for m in cfg.methods}
     log.info(f"run float mode: {model}")
     log.info(f"run int8 mode: {model}")
-    int8_cos = engine.reference(Candidate(default=cfg.base_mode)).score.cos
+    base_ref = engine.reference(Candidate(default=cfg.base_mode))
+    int8_cos = base_ref.score.cos
     log.info(f"all_int8_cos={int8_cos}")
     layers, n_all, n_nofloat = search_layers(graph, engine.chip, engine.table, fixed, cfg.transformer)
     log.info("layer name check pass !")
@@ -167,7 +168,7 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
         new_table[r.name] = tables[r.best_method][r.name]
 
     # 2. the mix: greedy forward selection of float layers, within the cap
-    ref = engine.reference(Candidate(thresholds=best_th, default=cfg.base_mode))
+    ref = engine.reference(Candidate(thresholds=best_th, default=cfg.base_mode), base=base_ref)
     start_cos = searched_cos = ref.score.cos
     log.info(f"all int8 with the searched thresholds: outputs_cos = {start_cos}")
     kept = start_cos < int8_cos
@@ -175,8 +176,9 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
         # each layer's best threshold alone need not be best together; the table that measures better wins
         log.info("the calibration table's thresholds measure better together: the mix keeps them")
         best_th, new_table = {}, dict(engine.table)
-        ref = engine.reference(Candidate(default=cfg.base_mode))
+        ref = base_ref
         start_cos = ref.score.cos
+    del base_ref
     chosen: list[str] = []
     steps: list[tuple[str, float]] = []
     pool = [r.name for r in ranked if r.loss > 0]
@@ -225,7 +227,7 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
             if nb in searchable and nb not in chosen and nb not in near:
                 near.append(nb)
         ref = engine.reference(Candidate(modes={c: cfg.float_mode for c in chosen}, thresholds=best_th,
-                                         default=cfg.base_mode))
+                                         default=cfg.base_mode), base=ref)
         cur = ref.score
         steps.append((best, cur.cos))
         log.info(f"set layer {best} to {cfg.float_mode}: outputs_cos = {cur.cos}")
