@@ -327,6 +327,7 @@ class Measured:
     peak_rss_mb: float     # ru_maxrss of that child (os.wait4)
     stdout: str
     stderr: str
+    cpu_s: float = float("nan")    # user + system time of the child and the descendants it waited for
 
 
 # A child's ru_maxrss starts at its parent's RSS at fork (Linux keeps the high-water mark of the mm an exec
@@ -353,7 +354,8 @@ while True:
 wall = time.perf_counter() - t
 rc = os.waitstatus_to_exitcode(status)
 sys.stdout.flush()
-print("\n@@measured " + json.dumps({"rc": 124 if killed else rc, "wall": wall, "maxrss_kb": ru.ru_maxrss}))
+print("\n@@measured " + json.dumps({"rc": 124 if killed else rc, "wall": wall, "maxrss_kb": ru.ru_maxrss,
+                                   "cpu": ru.ru_utime + ru.ru_stime}))
 """
 
 
@@ -369,7 +371,7 @@ def run_measured(cmd: list[str], env: dict | None = None, timeout: float | None 
     if not sep:
         return Measured(r.returncode or 1, float("nan"), float("nan"), out, err + "\n(launcher failed)")
     info = json.loads(tail.strip().splitlines()[0])
-    return Measured(info["rc"], info["wall"], info["maxrss_kb"] / 1024.0, head, err)
+    return Measured(info["rc"], info["wall"], info["maxrss_kb"] / 1024.0, head, err, info.get("cpu", float("nan")))
 
 
 @dataclass

@@ -5,7 +5,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from . import ir, optimize
+from . import ir, optimize, search
 from .calibration import CalibrationConfig, attach
 from .chips import MIX_FLOAT_TYPES
 from .cli import name_list, option
@@ -14,6 +14,7 @@ from .errors import UserError
 from .formats.cali_table import CaliTable, make_header, write_cali_table
 from .preprocess import Preprocess
 from .report import table
+from .search.common import parse_bool
 from .search.part_quantize import MODES as PART_MODES
 from .search.patterns import plan_tables
 from .thresholds import canonical_method
@@ -39,10 +40,11 @@ class CalibrateOptions:
     print_stats: bool = option(False, help="print a per-tensor statistics table")
     save_mlir: str = option(None, help="write the calibrated module (thresholds attached) and its weights here")
     batch_size: int = option(16, help="samples run through the interpreter at once")
-    processor: str = option("bm1684x", aliases=("--chip",), help="target processor of the mixed-precision tables "
-                                                                 "and of the bias correction's simulation")
-    fp_type: str = option("auto", choices=MIX_FLOAT_TYPES, help="float type of the qtables' ops (auto: F16 where "
-                                                                 "the processor has it)")
+    processor: str = option("bm1684x", aliases=("--chip",), help="target processor of the searches, the "
+                                                                 "mixed-precision tables and the bias correction")
+    fp_type: str = option("auto", choices=MIX_FLOAT_TYPES, help="float type of the qtables' ops and of "
+                                                                 "search_qtable's float layers (auto: F16 where the "
+                                                                 "processor has it)")
     part_quantize: str = option(None, choices=PART_MODES, help="quantize only some op types (N_mode, H_mode, "
                                                                "custom_mode); the others go into the qtable")
     custom_operator: list = option([], parse=name_list, help="op types custom_mode quantizes, e.g. Conv,MatMul")
@@ -56,6 +58,24 @@ class CalibrateOptions:
     bc: bool = option(False, help="bias correction of conv/matmul outputs below --min_layer_cos")
     bc_inference_num: int = option(30, help="samples for bias correction")
     min_layer_cos: float = option(0.99, help="bias correction fixes layers whose int8 output cosine is below this")
+    # searches (seeds 000/002: run_calibration's search flags); tpu_cal.search runs them
+    search: str = option("false", choices=("false", "search_qtable", "search_threshold"),
+                         help="search_qtable (mixed precision), search_threshold (best method), false")
+    inference_num: int = option(30, help="samples the searches measure the quantized model on")
+    expected_cos: float = option(0.99, help="search_qtable: wanted output cosine of the mix, in [0, 1]")
+    max_float_layers: int = option(5, help="search_qtable: at most this many float layers")
+    mix_mode: str = option("8_16", choices=("8_16", "4_8"), help="search_qtable: int8 + float, or int4 + int8")
+    quantize_method_list: str = option("MSE", help="search_qtable: threshold methods per layer, from KL, MSE, "
+                                                   "MAX, Percentile9999")
+    benchmark_method: str = option("cos", choices=("cos", "snr"), help="search_threshold: similarity measure")
+    global_compare_layers: str = option(None, help="compare these tensors instead of the outputs: a,b or "
+                                                   "a:0.3,b:0.7")
+    post_process: str = option(None, help="python file whose PostProcess(data) is applied before comparing")
+    transformer: bool = option(False, parse=parse_bool, help="search_qtable: True searches only matmul/conv layers")
+    cluster: bool = option(False, help="search_qtable: float candidates from the high-loss cluster (2-means)")
+    quantize_table: str = option(None, help="search_qtable: the qtable to write")
+    fixed_qtable: str = option(None, help="search_qtable: a qtable whose entries every candidate keeps")
+    workers: int = option(0, help="worker processes for the searches (0: all cores)")
 
 
 def _method(o: CalibrateOptions) -> str:
@@ -80,6 +100,7 @@ def calibrate(o: CalibrateOptions) -> int:
     inputs = [nodes[n] for n in g.inputs]
     ds = Dataset(inputs, pre, o.dataset, o.data_list)
     tune_ds = Dataset(inputs, pre, data_list=o.tune_list) if o.tune_list else None
+    searcher = search.prepare(o, g, ds, tune_ds)      # search flags are checked before the long run
     # outputs are checked writable before the long run, so a bad path fails at once
     for path in filter(None, (o.output, o.save_mlir)):
         folder = os.path.dirname(os.path.abspath(path))
@@ -92,6 +113,9 @@ def calibrate(o: CalibrateOptions) -> int:
                             histogram_bin_num=o.histogram_bin_num, batch_size=o.batch_size,
                             kurtosis=o.kurtosis_analysis, mean_std=o.print_stats)
     res = optimize.calibrate(g, ds, cfg, tune_ds, o)      # calibrate_graph with the rewrites o asks for
+    rc = 0
+    if searcher is not None:
+        res, method, rc = searcher.run(res, method)
     header = make_header(mlir=os.path.basename(o.mlir_file), method=method, histogram_bins=o.histogram_bin_num,
                          samples=res.samples, tune_num=res.tune_samples)
     attach(g, res.table, method)
@@ -116,4 +140,4 @@ def calibrate(o: CalibrateOptions) -> int:
                          th / st.absmax if st.absmax else 1.0, "" if tuned is None else f"{tuned[0]:.4g}"])
         print(table(["tensor", "op", "min", "max", "mean", "std", "threshold", "th/absmax", "before tune"], rows,
                     title="per-tensor statistics:"))
-    return 0
+    return rc

@@ -219,27 +219,41 @@ def calibrate_graph(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: 
     col = StatsCollector(bins=bins, moments=cfg.kurtosis,
                          mean_std=cfg.mean_std or method in ("aciq_gauss", "aciq_laplace"))
     run_batches(Interpreter(graph, [col]), ds, samples, cfg.batch_size, f"calibrate ({method})")
-    table = thr.compute_table(col.stats, method, op_types=col.op_types, bounded=thr.bounded_tensors(graph))
+    table = method_table(graph, col.stats, col.op_types, method)
+    result = CalibrationResult(table, col.stats, col.op_types, samples=len(samples))
+    if cfg.tune_num > 0 and method in TUNED_METHODS:
+        table, result.tuned, result.tune_samples = tune_table(graph, table, col.stats, tune_ds or ds, cfg)
+        result.table = table
+    return result
+
+
+def method_table(graph: Graph, stats: dict, op_types: dict, method: str, bits: int = 8) \
+        -> dict[str, tuple[float, float, float]]:
+    """The table of one threshold method from collected statistics (before auto-tune)."""
+    table = thr.compute_table(stats, method, op_types=op_types, bits=bits, bounded=thr.bounded_tensors(graph))
     # graph inputs and outputs keep their full range: clipping raw input data loses information no later layer
     # recovers, and clipping an output changes the answer itself (the top logit, a box coordinate)
     for name in list(graph.inputs) + list(graph.outputs):
-        st = col.stats.get(name)
+        st = stats.get(name)
         if st is not None and name in table and st.absmax > 0:
             table[name] = (float(st.absmax), table[name][1], table[name][2])
-    result = CalibrationResult(table, col.stats, col.op_types, samples=len(samples))
-    if cfg.tune_num > 0 and method in TUNED_METHODS:
-        tsrc = tune_ds or ds
-        tune_samples = tsrc.take(cfg.tune_num, "--tune_num")
-        absmax = {k: float(st.absmax) for k, st in col.stats.items()}
-        tuner = AutoTuner(graph, table, absmax)
-        # a --tune_list sample was never seen by the statistics: NaN/Inf there must stop the run, not tune
-        run_batches(Interpreter(graph, [_FindNonFinite(), tuner]), tsrc, tune_samples, cfg.batch_size, "auto-tune")
-        for name, th in tuner.tuned().items():
-            before = table[name][0]
-            table[name] = (th, table[name][1], table[name][2])
-            result.tuned[name] = (before, th)
-        result.tune_samples = len(tune_samples)
-    return result
+    return table
+
+
+def tune_table(graph: Graph, table: dict, stats: dict, tsrc: Dataset, cfg: CalibrationConfig):
+    """Auto-tune of `table` on cfg.tune_num samples of `tsrc`: (new table, {op: (before, after)}, samples)."""
+    table = dict(table)
+    tuned = {}
+    tune_samples = tsrc.take(cfg.tune_num, "--tune_num")
+    absmax = {k: float(st.absmax) for k, st in stats.items()}
+    tuner = AutoTuner(graph, table, absmax)
+    # a --tune_list sample was never seen by the statistics: NaN/Inf there must stop the run, not tune
+    run_batches(Interpreter(graph, [_FindNonFinite(), tuner]), tsrc, tune_samples, cfg.batch_size, "auto-tune")
+    for name, th in tuner.tuned().items():
+        before = table[name][0]
+        table[name] = (th, table[name][1], table[name][2])
+        tuned[name] = (before, th)
+    return table, tuned, len(tune_samples)
 
 
 def attach(graph: Graph, table: dict[str, tuple[float, float, float]], method: str | None = None) -> int:

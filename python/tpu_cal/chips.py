@@ -62,14 +62,15 @@ MIX_FLOAT_TYPES = ("auto", "F16", "BF16", "F32")
 
 
 def mix_float_type(c: Chip, fp_type: str = "auto") -> str:
-    """The float precision a mixed-precision table asks for (fp_forward's and run_calibration's --fp_type):
-    `auto` is F16 where the chip computes it (TPU-MLIR's choice: half the cost of F32, and enough for the layers
-    a qtable lifts out of int8), else the chip's own float type; an explicit type the chip lacks is an error."""
+    """The float precision of the layers a mixed-precision table or search lifts out of int8 (fp_forward's,
+    run_calibration's and run_sensitive_layer's --fp_type): `auto` is the chip's cheapest float (F16, else BF16,
+    else F32: TPU-MLIR's choice, half the cost of F32 and enough for such layers); an explicit type maps as a
+    qtable entry does (F16 -> BF16 on cv18xx), and one the chip cannot compute at all is an error."""
     t = str(fp_type).upper() if str(fp_type).lower() != "auto" else "auto"
-    if t == "auto":
-        return "F16" if "F16" in c.precisions else c.float_type
     if t not in MIX_FLOAT_TYPES:
         raise UserError(f"--fp_type {fp_type}: expected one of {', '.join(MIX_FLOAT_TYPES)}")
-    if t not in c.precisions:
+    if t == "auto":
+        return next(p for p in ("F16", "BF16", "F32") if p in c.precisions)
+    if t not in c.precisions and t not in c.fallback:
         raise UserError(f"--fp_type {t}: {c.name} cannot compute {t} (it has {', '.join(c.precisions)})")
-    return t
+    return c.resolve(t, f"--fp_type {t}")

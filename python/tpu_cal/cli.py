@@ -124,6 +124,7 @@ def commands() -> dict:
     from .export_qdq import ExportQdqOptions, export_qdq
     from .fp_forward_cmd import FpForwardOptions, fp_forward
     from .lower_cmd import LowerOptions, lower_file
+    from .sensitive_cmd import SensitiveOptions, sensitive
     from .transform import TransformOptions, transform
     return {"transform": (TransformOptions, transform, "ONNX model -> top dialect MLIR + weights, checked "
                                                         "against ONNX Runtime"),
@@ -131,6 +132,8 @@ def commands() -> dict:
                                                         "cali_table (run_calibration)"),
             "lower": (LowerOptions, lower_file, "top module + cali_table (+ qtable) -> tpu module for a processor: "
                                                 "int8/f16/bf16/f32 ops, casts at the borders (model_deploy)"),
+            "sensitive": (SensitiveOptions, sensitive, "sensitive-layer search: per-layer thresholds, float layers "
+                                                       "-> qtable, new cali table (run_sensitive_layer)"),
             "compare": (CompareOptions, compare, "two result .npz files tensor by tensor: cosine, euclidean, SNR "
                                                  "(npz_tool compare)"),
             "export-qdq": (ExportQdqOptions, export_qdq, "top module + cali_table (+ qtable) -> ONNX with "

@@ -157,9 +157,8 @@ def test_outlier_stats_takes_quantized_tensors_and_mac_weights_per_output_channe
     assert set(by) == {"r", "w", "mw"}                  # quantized results only (+ weights), not x or cv
     assert by["r"]["level>=3"] == 4 / 8
     assert by["w"]["channels"] == 6 and by["w"]["kind"] == "weight of cv"
-    amax = np.abs(w).reshape(6, -1).max(1)
-    # the reference divides in float32, the report in float64: equal to float32 precision
-    np.testing.assert_allclose(by["w"]["levels"], np.log2(amax.max() / amax), rtol=1e-6)
+    amax = np.abs(w).reshape(6, -1).max(1).astype(np.float64)    # float32's log2 differs by CPU (SIMD paths)
+    np.testing.assert_allclose(by["w"]["levels"], np.log2(amax.max() / amax))
     assert by["mw"]["channels"] == 5 and by["mw"]["axis"] == 1        # matmul: the last axis
     text = layer_report.outlier_table(stats)
     assert "log2(max|tensor| / max|channel|)" in text.splitlines()[0]

@@ -313,10 +313,16 @@ def test_fp_forward_bad_input(yolo8, tmp_path):
     assert_clean_error(rc, err, "'a-b' is not 'start:end'")
     rc, _, err = run_cli("fp-forward", mlir, "--processor", "bm1684x", "--fpfwd_inputs", "a,,b", "-o", out)
     assert_clean_error(rc, err, "--fpfwd_inputs", "empty name")
+    rc, _, err = run_cli("fp-forward", mlir, "--processor", "bm1684", "--fp_type", "BF16", "--fpfwd_inputs",
+                         "output0_Concat", "-o", out)
+    assert_clean_error(rc, err, "bm1684 cannot compute BF16")
+    assert not os.listdir(tmp_path)
+    # F16 on cv18xx maps to BF16, as a qtable's F16 entry does there
     rc, _, err = run_cli("fp-forward", mlir, "--processor", "cv183x", "--fp_type", "F16", "--fpfwd_inputs",
                          "output0_Concat", "-o", out)
-    assert_clean_error(rc, err, "cv183x cannot compute F16")
-    assert not os.listdir(tmp_path)
+    assert rc == 0, err
+    modes = {ln.split()[1] for ln in open(out) if ln.strip() and not ln.startswith("#")}
+    assert modes == {"BF16"}, modes
 
 
 def test_calibrate_part_quantize_shape_ops_and_bad_input(tmp_path):

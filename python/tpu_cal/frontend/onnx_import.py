@@ -85,7 +85,9 @@ class Importer:
         self.nodes: list[Node] = []
         self.weights: dict[str, np.ndarray] = {}
         self._used: set[str] = set()
-        self._materialized: dict[int, tuple] = {}     # id(V) -> (V, weight name)
+        # id(constant V) -> (that V, weight name); the V is kept so that its id cannot be reused by another
+        # constant after it is garbage-collected (which named a scalar constant after an earlier bias)
+        self._materialized: dict[int, tuple] = {}
         self.node = None          # the ONNX node being converted (for error messages)
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
 
@@ -159,13 +161,12 @@ class Importer:
         if not v.const:
             return v.name
         key = id(v)
-        if key not in self._materialized:
+        hit = self._materialized.get(key)
+        if hit is None or hit[0] is not v:
             base = v.label or f"{consumer}_weight"
             name = self._unique(base)
             self.weights[name] = np.asarray(v.data, order="C")   # ascontiguousarray makes 0-d arrays 1-d
             self.nodes.append(Node("top.weight", name, [], {"name": name}, tuple(v.data.shape), v.data.dtype.name))
-            # v is kept alive with its name: a freed constant's id can be reused by a new one, which would then
-            # be given this weight (seen as an intermittently wrong PP-OCR cls module)
             self._materialized[key] = (v, name)
         return self._materialized[key][1]
 

@@ -124,6 +124,41 @@ class Interpreter:
             ls.after_run(g, outputs)
         return outputs
 
+    def run_from(self, values, todo: Iterable[str], keep: Iterable[str] = ()) -> dict[str, np.ndarray]:
+        """Runs only the ops named in `todo`, in program order, reading every other operand from `values` (the
+        cached tensors of a run of a graph that computes them identically, e.g. the searches' reference run).
+        Listeners are not called. Returns the computed tensors named in `keep`; the others are freed after
+        their last use."""
+        g = self.graph
+        todo = set(todo)
+        keep = set(keep)
+        batch = self._batch_factor({name: values[name] for name in g.inputs})
+        env: dict[str, np.ndarray] = {}
+        order = [(k, n) for k, n in enumerate(g.nodes) if n.name in todo]
+        last = {}
+        for k, n in order:
+            for i in n.inputs:
+                if i is not None and i in todo:
+                    last[i] = k
+        for k, n in order:
+            if n.op == "top.none":
+                continue
+            if n.op == "top.weight":
+                out = g.weights[n.attrs["name"]]
+            elif n.op == "top.input":
+                out = self._check_feed(n, values[n.name], batch)
+            else:
+                args = [None if i is None else (env[i] if i in env else values[i]) for i in n.inputs]
+                shape = n.shape if batch == 1 or not n.shape else (n.shape[0] * batch,) + tuple(n.shape[1:])
+                out = self._kernels[n.op](n, *args, shape=tuple(shape))
+            env[n.name] = out
+            for i in set(n.inputs):
+                if i is not None and last.get(i) == k and i not in keep:
+                    env.pop(i, None)
+            if n.name not in last and n.name not in keep:
+                env.pop(n.name, None)
+        return {name: env[name] for name in keep if name in env}
+
     def _batch_factor(self, feeds) -> int:
         factors = set()
         for name in self.graph.inputs:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..graph import Graph, Node
+from ..graph import Graph
 from ..lowering import is_float
 
 COMMUTATIVE = frozenset({"add", "mul", "max", "min"})
@@ -312,7 +312,6 @@ def _from_input(v: View, name) -> bool:
 
 
 def _family(v: View, atts) -> str:
-    g = v.g
     if any(_from_input(v, v.nodes[n].inputs[1]) for n in v.of("gather")):
         return "bert"
     av = {u for s, _ in atts for u in _through(v, s, True) if _act_matmul(v, u)}

@@ -73,6 +73,15 @@ def _pool() -> ThreadPoolExecutor | None:
     return _POOL
 
 
+def _forget_pool():
+    global _POOL
+    _POOL = None
+
+
+# a forked child (the searches' worker processes) inherits the pool object but not its threads: start afresh
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _parallel(fn, chunks):
     """Runs fn(chunk) for every chunk on the calling thread and the helpers; each takes the next chunk when it is
     done with one (dynamic scheduling: a core slowed by other load just takes fewer chunks)."""
