@@ -58,6 +58,9 @@ class CalibrateOptions:
     bc: bool = option(False, help="bias correction of conv/matmul outputs below --min_layer_cos")
     bc_inference_num: int = option(30, help="samples for bias correction")
     min_layer_cos: float = option(0.99, help="bias correction fixes layers whose int8 output cosine is below this")
+    bc_part: str = option("output", choices=("output", "weights"),
+                          help="bias correction: all the mean error a layer adds (output), or only its int8 "
+                               "weights' share E[x (W_q - W)] (weights: best on EfficientNet-Lite0)")
     # searches (seeds 000/002: run_calibration's search flags); tpu_cal.search runs them
     search: str = option("false", choices=("false", "search_qtable", "search_threshold"),
                          help="search_qtable (mixed precision), search_threshold (best method), false")

@@ -132,3 +132,23 @@ def test_bad_flags_are_one_line(tmp_path):
         rc, _, err = run_cli("calibrate", mlir, "--dataset", tmp_path, "-o", tmp_path / "t.cali", *flags)
         assert_clean_error(rc, err, needle)
         assert not (tmp_path / "t.cali").exists()
+
+
+def test_calibrate_bc_part_weights_folds_only_the_weights_share(tmp_path):
+    """`tpu-cal calibrate --bc --bc_part weights`: the bias moves by exactly the int8 weights' mean error
+    E[xq (wq - w)] (brute force), which does not depend on the output threshold calibration picks."""
+    rng = np.random.default_rng(24)
+    data = tmp_path / "data"
+    data.mkdir()
+    g, xs = linear(rng, data)
+    mlir = str(tmp_path / "lin.mlir")
+    ir.save_graph(g, mlir)
+    rc, out, err = run_cli("calibrate", mlir, "--dataset", data, "--bc", "--bc_part", "weights",
+                           "--bc_inference_num", "6", "--min_layer_cos", "1.0", "--tune_num", "0", "--cali_method",
+                           "use_max", "-o", tmp_path / "t.cali", "--save_mlir", tmp_path / "cal.mlir")
+    assert rc == 0, err
+    cal = ir.load_graph(str(tmp_path / "cal.mlir"))
+    b = cal.weights[cal.node_map()["b"].attrs["name"]]
+    want = g.weights["b"] - brute_force_error(g, xs, "weights")
+    np.testing.assert_allclose(b, want, rtol=1e-4, atol=1e-5)            # float32 weights and thresholds
+    assert np.abs(b - g.weights["b"]).max() > 1e-2          # it did move, by far more than that
