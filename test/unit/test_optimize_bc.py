@@ -151,4 +151,4 @@ def test_calibrate_bc_part_weights_folds_only_the_weights_share(tmp_path):
     b = cal.weights[cal.node_map()["b"].attrs["name"]]
     want = g.weights["b"] - brute_force_error(g, xs, "weights")
     np.testing.assert_allclose(b, want, rtol=1e-4, atol=1e-5)            # float32 weights and thresholds
-    assert np.abs(b - g.weights["b"]).max() > 1e-2          # it did move, by far more than that
+    assert np.abs(b - g.weights["b"]).max() > 5e-3          # it did move, by far more than that
