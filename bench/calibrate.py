@@ -165,27 +165,6 @@ def text_table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(head), line(["-" * n for n in w])] + [line(r) for r in rows])
 
 
-def write_section(path: str, body: str) -> None:
-    """Replaces (or appends) the '## Calibration' section of RESULTS.md, leaving other sections alone; a
-    hand-written '### Notes' subsection at the end of the old section is kept."""
-    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-    section = "## Calibration\n\n" + body.strip() + "\n"
-    m = re.search(r"^## Calibration[ \t]*\n", text, flags=re.M)
-    if m:
-        nxt = re.search(r"^## ", text[m.end():], flags=re.M)
-        end = m.end() + nxt.start() if nxt else len(text)
-        notes = re.search(r"^### Notes.*", text[m.end():end], flags=re.M | re.S)
-        if notes:
-            section += "\n" + notes.group(0).strip() + "\n"
-        text = text[:m.start()] + section + ("\n" if nxt else "") + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -424,7 +403,7 @@ output's threshold over its abs-max on the calibration samples (below 1 clips th
 
 {md_table(q_head, q_rows)}
 """
-        write_section(a.results, body)
+        common.write_section(a.results, "Calibration", body)
         print(f"\nwrote the Calibration section of {a.results}")
     return 0
 

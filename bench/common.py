@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -139,6 +140,27 @@ def sample_files(folder: str) -> list[str]:
 def load_folder(folder: str) -> np.ndarray:
     """All .npy samples of a folder, sorted by name, stacked on the batch axis."""
     return np.concatenate([np.load(f) for f in sample_files(folder)])
+
+
+def write_section(path: str, title: str, body: str) -> None:
+    """Replaces (or appends) the `## <title>` section of RESULTS.md with `body`, leaving the other sections alone;
+    a hand-written `### Notes` subsection at the end of the old section is kept. Written atomically."""
+    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    section = f"## {title}\n\n" + body.strip() + "\n"
+    m = re.search(rf"^## {re.escape(title)}[ \t]*\n", text, flags=re.M)
+    if m:
+        nxt = re.search(r"^## ", text[m.end():], flags=re.M)
+        end = m.end() + nxt.start() if nxt else len(text)
+        notes = re.search(r"^### Notes.*", text[m.end():end], flags=re.M | re.S)
+        if notes:
+            section += "\n" + notes.group(0).strip() + "\n"
+        text = text[:m.start()] + section + ("\n" if nxt else "") + text[end:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

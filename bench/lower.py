@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -216,23 +215,6 @@ def report(eff: dict | None, det: dict | None, cmd: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: str, body: str) -> None:
-    """Replaces (or appends) this benchmark's section of RESULTS.md; other sections are left alone."""
-    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-    section = f"## {SECTION}\n\n" + body.strip() + "\n"
-    m = re.search(rf"^## {re.escape(SECTION)}[ \t]*\n", text, flags=re.M)
-    if m:
-        nxt = re.search(r"^## ", text[m.end():], flags=re.M)
-        end = m.end() + nxt.start() if nxt else len(text)
-        text = text[:m.start()] + section + ("\n" if nxt else "") + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eff-cal", type=int, default=100, help="EfficientNet-Lite0 calibration samples")
@@ -249,7 +231,7 @@ def main(argv=None) -> int:
         body = report(eff, det, cmd.strip())
     print(body)
     if not a.no_write:
-        write_section(a.results, body)
+        common.write_section(a.results, SECTION, body)
         print(f"-> {a.results}")
     return 0
 

@@ -168,27 +168,6 @@ def minilm_rows(args, methods, tmp):
     return rows
 
 
-def write_section(path: str, body: str) -> None:
-    """Replaces (or appends) the '## Rewrites' section of RESULTS.md, leaving the other sections alone; a
-    hand-written '### Notes' subsection at the end of the old section is kept."""
-    import re
-    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-    section = "## Rewrites\n\n" + body.strip() + "\n"
-    m = re.search(r"^## Rewrites[ \t]*\n", text, flags=re.M)
-    if m:
-        nxt = re.search(r"^## ", text[m.end():], flags=re.M)
-        end = m.end() + nxt.start() if nxt else len(text)
-        notes = re.search(r"^### Notes.*", text[m.end():end], flags=re.M | re.S)
-        if notes:
-            section += "\n" + notes.group(0).strip() + "\n"
-        text = text[:m.start()] + section + ("\n" if nxt else "") + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cal", type=int, default=32, help="EfficientNet calibration photos")
@@ -223,7 +202,7 @@ def main(argv=None) -> int:
             f"F32, --tune_num 0; the s column is calibration with the rewrites, in seconds).\n\n"
             + "\n\n".join(parts))
     if args.write:
-        write_section(os.path.join(HERE, "RESULTS.md"), body)
+        common.write_section(os.path.join(HERE, "RESULTS.md"), "Rewrites", body)
     return 0
 
 

@@ -169,29 +169,8 @@ def main(argv=None) -> int:
                 + "\n".join(f"- float layers for expected_cos {r['expected']}: "
                             f"{', '.join('`' + n + '`' for n in r['float_layers']) or 'none'}"
                             for r in runs if r.get("float_layers") is not None) + "\n")
-        write_section(os.path.join(HERE, "RESULTS.md"), body)
+        common.write_section(os.path.join(HERE, "RESULTS.md"), "Search", body)
     return 0
-
-
-def write_section(path: str, body: str) -> None:
-    """Replaces (or appends) the '## Search' section of RESULTS.md, leaving the other sections alone; a
-    hand-written '### Notes' subsection at the end of the old section is kept."""
-    text = open(path).read()
-    section = "## Search\n\n" + body.strip() + "\n"
-    m = re.search(r"^## Search[ \t]*\n", text, flags=re.M)
-    if m:
-        nxt = re.search(r"^## ", text[m.end():], flags=re.M)
-        end = m.end() + nxt.start() if nxt else len(text)
-        notes = re.search(r"^### Notes.*", text[m.end():end], flags=re.M | re.S)
-        if notes:
-            section += "\n" + notes.group(0).strip() + "\n"
-        text = text[:m.start()] + section + ("\n" if nxt else "") + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
