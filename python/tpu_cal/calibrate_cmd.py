@@ -11,6 +11,7 @@ from .chips import MIX_FLOAT_TYPES
 from .cli import name_list, option
 from .dataset import Dataset
 from .errors import UserError
+from .fileio import check_writable
 from .formats.cali_table import CaliTable, make_header, write_cali_table
 from .preprocess import Preprocess
 from .report import table
@@ -106,11 +107,7 @@ def calibrate(o: CalibrateOptions) -> int:
     searcher = search.prepare(o, g, ds, tune_ds)      # search flags are checked before the long run
     # outputs are checked writable before the long run, so a bad path fails at once
     for path in filter(None, (o.output, o.save_mlir)):
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            raise UserError(f"{path}: cannot write into '{folder}'")
-        if os.path.isdir(path):
-            raise UserError(f"{path}: is a folder; give a file name")
+        check_writable(path)
     tables = plan_tables(g, o)   # pattern-match / part_quantize qtable, shape ops, part_asymmetric: checked now
     cfg = CalibrationConfig(method=method, input_num=o.input_num, tune_num=o.tune_num,
                             histogram_bin_num=o.histogram_bin_num, batch_size=o.batch_size,

@@ -11,6 +11,16 @@ import numpy as np
 from .errors import UserError
 
 
+def check_writable(path: str) -> None:
+    """Fails at once (before a long run) when `path` cannot be written: its folder is missing or read-only, or
+    the path is a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UserError(f"{path}: cannot write into '{folder}'")
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder; give a file name")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str):
     """Yields a temporary path in the target's folder; renames it onto `path` only if the block succeeds."""

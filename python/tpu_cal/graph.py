@@ -30,6 +30,16 @@ def tensor_type(shape, dtype) -> str:
     return f"tensor<{dims + 'x' if dims else ''}{elem_type(dtype)}>"
 
 
+def unique_name(base: str, pool: set) -> str:
+    """`base`, or `base_1`, `base_2`, ... : the first not in `pool`, which it is then added to."""
+    name, k = base, 1
+    while name in pool:
+        name = f"{base}_{k}"
+        k += 1
+    pool.add(name)
+    return name
+
+
 class RawAttr(str):
     """An attribute kept as MLIR text (quant types, nested attributes we do not interpret)."""
 

@@ -25,6 +25,7 @@ from .calibration import attach
 from .chips import chip as get_chip
 from .cli import float_list, option
 from .errors import UserError
+from .fileio import check_writable
 from .formats.cali_table import read_cali_table
 from .formats.qtable import MODES, read_qtable
 from .graph import Graph
@@ -58,12 +59,6 @@ class Lowered:
     notes: list[str]
 
 
-def _check_output(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise UserError(f"{path}: cannot write into '{folder}'")
-    if os.path.isdir(path):
-        raise UserError(f"{path}: is a folder; give a file name")
 
 
 def prepare(o: LowerOptions, ctx=None) -> Lowered:
@@ -118,7 +113,7 @@ def lower_file(o: LowerOptions) -> int:
     t0 = time.time()
     if o.test_reference and not o.test_input:
         raise UserError("--test_reference needs --test_input")
-    _check_output(o.output)
+    check_writable(o.output)
     if os.path.abspath(o.output) == os.path.abspath(o.mlir_file):
         raise UserError(f"{o.output}: the output would overwrite the input module")
     ctx = ir.context()

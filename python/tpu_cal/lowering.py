@@ -25,7 +25,7 @@ from .calibration import ATTR_MAX, ATTR_MIN, ATTR_TH
 from .chips import Chip, chip as get_chip
 from .errors import UserError
 from .formats.qtable import MODES, QTable
-from .graph import Graph, Node
+from .graph import Graph, Node, unique_name
 
 ATTR_PRECISION = "precision"
 # tpu ops keep the same attribute; it cannot be called `mode`: arg, reduce, pad, resize and depth_to_space declare
@@ -292,15 +292,6 @@ class _Lowering:
         self.fused = fusable_activations(graph, self.prec, self.asym) if fuse_activations else {}
         self.absorbed = set(self.fused.values())
 
-    # ----- names
-    def _unique(self, base: str, pool: set) -> str:
-        name, k = base, 1
-        while name in pool:
-            name = f"{base}_{k}"
-            k += 1
-        pool.add(name)
-        return name
-
     # ----- quantized types of tensors
     def tensor_q(self, name: str, storage: str) -> quant.QType:
         """The quantized type tensor `name` has when held in `storage` (i8 or i4)."""
@@ -350,7 +341,7 @@ class _Lowering:
         if key in self.casts:
             return self.casts[key]
         orig = self.nodes[src]
-        name = self._unique(f"{src}_{kind}", self.names)
+        name = unique_name(f"{src}_{kind}", self.names)
         c = Node("tpu.cast", name, [have], {}, orig.shape)
         q = self.tensor_q(src, kind) if kind in ("i8", "i4") else None
         self._set_type(c, orig.shape, kind, orig, q)
@@ -370,8 +361,8 @@ class _Lowering:
             name, wkey = wname, w.attrs["name"]
             self.names.add(name)
         else:
-            name = self._unique(f"{wname}_{suffix}", self.names)
-            wkey = self._unique(f"{w.attrs['name']}_{suffix}", self.keys)
+            name = unique_name(f"{wname}_{suffix}", self.names)
+            wkey = unique_name(f"{w.attrs['name']}_{suffix}", self.keys)
         node = Node("top.weight", name, [], {"name": wkey}, w.shape, w.dtype, {})
         self._set_type(node, w.shape, kind, w, q)
         self.weights[wkey] = arr

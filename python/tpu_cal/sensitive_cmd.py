@@ -20,11 +20,12 @@ from .chips import chip as get_chip
 from .cli import option
 from .dataset import Dataset
 from .errors import UserError
+from .fileio import check_writable
 from .formats.cali_table import read_cali_table
 from .formats.qtable import read_qtable
 from .preprocess import Preprocess
 from .search import qtable as qsearch
-from .search.common import (check_expected_cos, check_writable, compare_layers, float_type, inference_feeds,
+from .search.common import (check_expected_cos, compare_layers, float_type, inference_feeds,
                             load_post_process)
 from .search.dispatch import finish, write_outputs
 from .search.engine import Engine

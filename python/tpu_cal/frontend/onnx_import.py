@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UnsupportedOps, UserError
-from ..graph import Graph, Node
+from ..graph import Graph, Node, unique_name
 from ..interp.core import KERNELS, _load_kernels
 
 CONVERTERS: dict[str, Callable] = {}
@@ -171,12 +171,7 @@ class Importer:
         return self._materialized[key][1]
 
     def _unique(self, name: str) -> str:
-        base, k = name, 0
-        while name in self._used:
-            k += 1
-            name = f"{base}_{k}"
-        self._used.add(name)
-        return name
+        return unique_name(name, self._used)
 
     # ----- the import itself
     def run(self, preprocess: dict | None = None, model_name: str | None = None) -> Graph:

@@ -6,18 +6,13 @@ import numpy as np
 
 from ..calibration import run_batches
 from ..dataset import Dataset
-from ..graph import Graph, Node
+from ..graph import Graph, Node, unique_name as graph_unique
 from ..interp.core import Interpreter, Listener
 
 
 def unique_name(graph: Graph, base: str, taken: set | None = None) -> str:
-    pool = taken if taken is not None else {n.name for n in graph.nodes}
-    name, k = base, 1
-    while name in pool:
-        name = f"{base}_{k}"
-        k += 1
-    pool.add(name)
-    return name
+    """A name not among `taken` (default: the graph's op names)."""
+    return graph_unique(base, taken if taken is not None else {n.name for n in graph.nodes})
 
 
 def weight_of(graph: Graph, nodes: dict, name: str | None) -> np.ndarray | None:

@@ -143,9 +143,3 @@ class Log:
         write_text(path, "\n".join(self.lines) + "\n")
 
 
-def check_writable(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise UserError(f"{path}: cannot write into '{folder}'")
-    if os.path.isdir(path):
-        raise UserError(f"{path}: is a folder; give a file name")

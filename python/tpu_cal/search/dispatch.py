@@ -14,12 +14,13 @@ from ..calibration import CalibrationConfig, CalibrationResult, method_table, tu
 from ..chips import chip as get_chip
 from ..dataset import Dataset
 from ..errors import UserError
+from ..fileio import check_writable
 from ..formats.cali_table import CaliTable, make_header, write_cali_table
 from ..formats.qtable import read_qtable, write_qtable
 from ..graph import Graph
 from . import qtable as qsearch
 from . import threshold as tsearch
-from .common import (MIX_MODES, check_expected_cos, check_writable, compare_layers, float_type, inference_feeds,
+from .common import (MIX_MODES, check_expected_cos, compare_layers, float_type, inference_feeds,
                      load_post_process, method_list)
 from .engine import Engine
 
