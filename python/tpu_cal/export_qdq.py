@@ -54,7 +54,7 @@ import numpy as np
 from . import quant
 from .cli import option
 from .errors import UserError
-from .fileio import atomic_path
+from .fileio import atomic_path, check_writable
 from .formats.qtable import MODES
 from .graph import Graph, Node
 
@@ -635,13 +635,13 @@ def check_model(model, optimize: bool = True) -> str:
 
 
 def export_qdq(o: ExportQdqOptions) -> int:
-    from .lower_cmd import LowerOptions, _check_output, prepare
+    from .lower_cmd import LowerOptions, prepare
     from .lowering import INT_MODES, resolve_mode
     from .chips import chip as get_chip
     from . import ir
 
     t0 = time.time()
-    _check_output(o.output)
+    check_writable(o.output)
     if os.path.abspath(o.output) == os.path.abspath(o.mlir_file):
         raise UserError(f"{o.output}: the output would overwrite the input module")
     mode = resolve_mode(get_chip(o.processor), o.quantize)
