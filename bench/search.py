@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import re
+import shlex
 import sys
 
 import numpy as np
@@ -75,6 +76,11 @@ def _run_search(mlir: str, cal: str, work: str, a, kind: str, expected: float | 
     cmd = C.tpu_cal_exe() + ["calibrate", mlir, "--dataset", cal, "--input_num", str(a.input_num), "--tune_num",
                              str(a.tune_num), "--inference_num", str(a.inference_num), "--workers", str(a.workers),
                              "--search", kind, "-o", out]
+    extra = shlex.split(a.calibrate_flags)
+    judged = mlir
+    if extra:           # rewrites change the weights: the module they write is the one to judge
+        judged = os.path.join(work, "cal.mlir")
+        cmd += extra + ["--save_mlir", judged]
     if kind == "search_qtable":
         cmd += ["--expected_cos", str(expected), "--max_float_layers", str(a.max_float_layers),
                 "--quantize_method_list", a.methods, "--quantize_table", os.path.join(work, "qtable")]
@@ -82,7 +88,7 @@ def _run_search(mlir: str, cal: str, work: str, a, kind: str, expected: float | 
     if m.rc not in (0, 1):
         raise SystemExit(f"{kind} failed (rc {m.rc}): {m.stderr.strip().splitlines()[-1:]}")
     r = {"kind": kind, "expected": expected, "wall": m.wall_s, "cpu": m.cpu_s, "rss": m.peak_rss_mb, "rc": m.rc,
-         "out": out, "load": os.getloadavg()[0]}
+         "out": out, "load": os.getloadavg()[0], "mlir": judged}
     ev = re.search(r"\((\d+) evaluations in ([0-9.]+)s", m.stdout)
     if ev:
         r["evals"], r["search_s"] = int(ev.group(1)), float(ev.group(2))
@@ -113,10 +119,15 @@ def main(argv=None) -> int:
     p.add_argument("--no-threshold", action="store_true")
     p.add_argument("--reuse", action="store_true", help="reuse the measurements of the last run (result.json in "
                                                          "each run folder) and only judge again")
+    p.add_argument("--calibrate_flags", default="", help="more flags for `tpu-cal calibrate`, e.g. "
+                                                         "'--cali_method use_mse --bc --bc_part weights'")
     p.add_argument("--write", action="store_true", help="write the '## Search' section of bench/RESULTS.md")
     a = p.parse_args(argv)
     from tpu_cal.zoo import cache_dir
     work = cache_dir("bench", "search")
+    if a.calibrate_flags:
+        work = os.path.join(work, "flags_" + re.sub(r"\W+", "_", a.calibrate_flags).strip("_"))
+        os.makedirs(work, exist_ok=True)
     onnx_path, mlir = C.model_and_mlir(work)
     cal = common.calibration_set(a.input_num)
     x = common.load_folder(common.evaluation_set(a.eval))
@@ -133,13 +144,13 @@ def main(argv=None) -> int:
         runs.append(r)
     rows = []
     base = runs[0]
-    q_int8 = judge_ort(mlir, base["out"], None, x, ref, work)
+    q_int8 = judge_ort(base.get("mlir", mlir), base["out"], None, x, ref, work)
     rows.append(["full int8 (calibration table, no qtable)", "", "", "", "", "", "0", f"{base['search_int8']:.5f}",
-                 f"{judge_ours(mlir, base['out'], None, x):.5f}", f"{q_int8.mean_cos:.5f}", f"{q_int8.min_cos:.5f}",
-                 f"{q_int8.top1 * 100:.1f}"])
+                 f"{judge_ours(base.get('mlir', mlir), base['out'], None, x):.5f}", f"{q_int8.mean_cos:.5f}",
+                 f"{q_int8.min_cos:.5f}", f"{q_int8.top1 * 100:.1f}"])
     for r in runs:
-        q = judge_ort(mlir, r["table"], r.get("qtable"), x, ref, work)
-        ours = judge_ours(mlir, r["table"], r.get("qtable"), x)
+        q = judge_ort(r.get("mlir", mlir), r["table"], r.get("qtable"), x, ref, work)
+        ours = judge_ours(r.get("mlir", mlir), r["table"], r.get("qtable"), x)
         if r["kind"] == "search_qtable":
             what = f"search_qtable {a.methods}, expected_cos {r['expected']}"
             nf, scos = str(len(r["float_layers"])), f"{r['search_mix']:.5f}"
@@ -157,7 +168,8 @@ def main(argv=None) -> int:
             print(f"float layers for expected_cos {r['expected']}: {', '.join(r['float_layers']) or '-'}")
     if a.write:
         load = os.getloadavg()[0]
-        body = (f"Command: `python bench/search.py --methods {a.methods} --workers {a.workers}` (venv active). "
+        flags = f" --calibrate_flags '{a.calibrate_flags}'" if a.calibrate_flags else ""
+        body = (f"Command: `python bench/search.py --methods {a.methods} --workers {a.workers}{flags}` (venv active). "
                 f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}. {C.machine()}; load average {load:.1f} at the end "
                 f"(the machine is shared: wall times are upper bounds).\n\n"
                 f"EfficientNet-Lite0, {a.input_num} calibration samples (KLD + auto-tune on {a.tune_num}), the first "
