@@ -225,11 +225,8 @@ def fusable_activations(graph: Graph, prec: dict[str, str], asym=()) -> dict[str
     outputs = set(graph.outputs)
     out = {}
     for n in graph.nodes:
-        if n.op == "top.relu":
-            pass
-        elif n.op == "top.clip" and float(n.attrs["min"]) == 0.0 and float(n.attrs["max"]) > 0.0:
-            pass
-        else:
+        relu6 = n.op == "top.clip" and float(n.attrs["min"]) == 0.0 and float(n.attrs["max"]) > 0.0
+        if n.op != "top.relu" and not relu6:
             continue
         src = nodes.get(n.inputs[0]) if n.inputs and n.inputs[0] is not None else None
         if src is None or src.op not in FUSE_MAC_OPS or src.name in outputs or src.name in asym or n.name in asym:

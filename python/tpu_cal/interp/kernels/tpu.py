@@ -106,9 +106,8 @@ def quantize(y, q: quant.QType, f32_quotient: bool = False) -> np.ndarray:
     pieces; the same arithmetic, so bit-identical. `f32_quotient`: y / s is a float32 division (then rounded
     half away from zero), as a float unit quantizing float data does (ONNX Runtime's QuantizeLinear, the chip's
     cast): the float64 quotient would put values a few ulps below a .5 on the other side of it."""
-    if q.axis is not None:
-        return quant.quantize(np.asarray(np.float32(y) / np.float32(q.scale), np.float64) * float(q.scale)
-                              if f32_quotient else y, q)
+    if q.axis is not None:          # per-channel types are weights' (constants), never a float unit's cast
+        return quant.quantize(y, q)
     y = np.asarray(y)
     src = y.reshape(-1) if y.flags.c_contiguous else np.ascontiguousarray(y).reshape(-1)
     out = np.empty(y.shape, q.dtype)
