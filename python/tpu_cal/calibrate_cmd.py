@@ -126,6 +126,11 @@ def calibrate(o: CalibrateOptions) -> int:
     print(f"calibrated {len(res.table)} tensors on {res.samples} samples with {method}"
           + (f", auto-tuned {len(res.tuned)} on {res.tune_samples}" if res.tuned else "")
           + f" in {time.time() - t0:.1f}s -> {o.output}" + (f", {o.save_mlir}" if o.save_mlir else ""))
+    if res.infinite:
+        names = sorted(res.infinite)
+        print(f"{len(names)} tensor(s) hold infinities passed on from an operand (an attention mask's -inf): "
+              f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}; their thresholds come from the finite "
+              f"values, and int8 saturates the infinities")
     if o.kurtosis_analysis:
         rows = sorted(((n, res.op_types[n], st.kurtosis) for n, st in res.stats.items()),
                       key=lambda r: -r[2] if r[2] == r[2] else 0)

@@ -33,6 +33,7 @@ class CalibrationResult:
     tuned: dict[str, tuple[float, float]] = field(default_factory=dict)   # op -> (before, after)
     samples: int = 0
     tune_samples: int = 0
+    infinite: dict[str, int] = field(default_factory=dict)   # op -> infinities passed on from a mask
 
 
 def progress(total: int, desc: str, unit: str = "sample"):
@@ -220,7 +221,7 @@ def calibrate_graph(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: 
                          mean_std=cfg.mean_std or method in ("aciq_gauss", "aciq_laplace"))
     run_batches(Interpreter(graph, [col]), ds, samples, cfg.batch_size, f"calibrate ({method})")
     table = method_table(graph, col.stats, col.op_types, method)
-    result = CalibrationResult(table, col.stats, col.op_types, samples=len(samples))
+    result = CalibrationResult(table, col.stats, col.op_types, samples=len(samples), infinite=dict(col.infinite))
     if cfg.tune_num > 0 and method in TUNED_METHODS:
         table, result.tuned, result.tune_samples = tune_table(graph, table, col.stats, tune_ds or ds, cfg)
         result.table = table

@@ -669,9 +669,11 @@ def test_attention_mask_infinities_pass_through_calibration(tmp_path):
     assert rc == 0, err
     x, mask = _mask_dataset(tmp_path / "ds")
     for method in ("use_max", "use_kl"):
-        rc, _, err = run_cli("calibrate", tmp_path / "m.mlir", "--dataset", tmp_path / "ds", "--cali_method", method,
-                             "-o", tmp_path / f"{method}.cali", "--tune_num", "2")
+        rc, out, err = run_cli("calibrate", tmp_path / "m.mlir", "--dataset", tmp_path / "ds", "--cali_method",
+                               method, "-o", tmp_path / f"{method}.cali", "--tune_num", "2")
         assert rc == 0, err
+        note = next(ln for ln in out.splitlines() if "infinities passed on" in ln)
+        assert note.startswith("3 tensor(s)") and all(t in note for t in ("madd_Where", "m3_Unsqueeze", "s_Add")), note
         _, rows = read_table(tmp_path / f"{method}.cali")
         assert all(np.isfinite(v).all() and v[0] > 0 for v in rows.values()), rows
         s = x + np.where(mask[:, None, :] == 1, 0, -np.inf).astype(np.float32)
