@@ -5,7 +5,8 @@
 For each model, with the default calibration (`tpu-cal calibrate`: KLD, --tune_num 10) on real images:
 - time to lower (`lowering.assign_precision` + `lowering.lower`, the work of `tpu-cal lower`);
 - output cosine to the float module on held-out images, from our simulator and from ONNX Runtime on our QDQ
-  export (for PP-OCRv4 det also the IoU of the text masks at PP-OCR's binarization threshold 0.3) (`tpu-cal export-qdq`, run with session.x64quantprecision=1), and between the two;
+  export (`tpu-cal export-qdq`, run with session.x64quantprecision=1), and between the two; for PP-OCRv4 det
+  also the IoU of the text masks at PP-OCR's binarization threshold 0.3;
 - quantized simulation time per sample relative to float interpretation (same batch, same process, best of 3).
 PP-OCRv4 det also gets the table TPU-MLIR's KLD makes for it: the same table with the final sigmoid's threshold
 at 0.0625 (what TPU-MLIR 1.30.2 writes for that tensor), judged the same way, to show what keeping the bounded
@@ -13,8 +14,9 @@ output's range is worth.
 
 Images: EfficientNet-Lite0 uses bench/common.py's sets (calibration photos and held-out photos). PP-OCRv4 det
 calibrates on crops of scikit-image's page, text and coins images and is evaluated on the whole page and text
-images (seen only as crops) and on matplotlib's grace_hopper.jpg (a photo without text). Results are printed and written as the "Lowering and quantized simulation" section of
-bench/RESULTS.md (other sections are left alone).
+images (seen only as crops) and on matplotlib's grace_hopper.jpg (a photo without text). Results are printed
+and written as the "Lowering and quantized simulation" section of bench/RESULTS.md (other sections are left
+alone).
 """
 from __future__ import annotations
 
