@@ -1,6 +1,7 @@
 """`tpu-cal calibrate`: run_calibration's flags, spellings and defaults (seeds 000 and 002)."""
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -112,10 +113,12 @@ def calibrate(o: CalibrateOptions) -> int:
     cfg = CalibrationConfig(method=method, input_num=o.input_num, tune_num=o.tune_num,
                             histogram_bin_num=o.histogram_bin_num, batch_size=o.batch_size,
                             kurtosis=o.kurtosis_analysis, mean_std=o.print_stats)
+    # bias correction changes the float function; the searches must still match the original one
+    original = copy.deepcopy(g) if searcher is not None and o.bc else None
     res = optimize.calibrate(g, ds, cfg, tune_ds, o)      # calibrate_graph with the rewrites o asks for
     rc = 0
     if searcher is not None:
-        res, method, rc = searcher.run(res, method)
+        res, method, rc = searcher.run(res, method, reference_graph=original)
     header = make_header(mlir=os.path.basename(o.mlir_file), method=method, histogram_bins=o.histogram_bin_num,
                          samples=res.samples, tune_num=res.tune_samples)
     attach(g, res.table, method)

@@ -286,3 +286,42 @@ def test_per_sample_metrics_match_the_reference_formulas():
     want = [snr_db(a[i], b[i]) for i in range(6)]
     assert got[2] == SNR_CAP_DB and want[2] == float("inf")
     np.testing.assert_allclose(np.delete(got, 2), np.delete(want, 2), rtol=1e-12)
+
+
+def test_search_after_bias_correction_matches_the_original_float_model(model, tmp_path):
+    """`--bc` changes the float function (that is its point: int8(corrected) ~ float(original)); the search that
+    follows measures against the original module: its all-int8 cosine is the corrected module lowered and
+    simulated, compared with the uncorrected float module on the inference samples, computed here in full."""
+    from tpu_cal import ir
+    from tpu_cal.dataset import Dataset
+    from tpu_cal.formats.cali_table import read_cali_table
+    from tpu_cal.interp.core import Interpreter
+    from tpu_cal.lowering import assign_precision, lower
+    from tpu_cal.metrics import cosine
+    from tpu_cal.preprocess import Preprocess
+    from tpu_cal.search.common import inference_feeds
+    from tpu_cal.simulate import real_value
+    rc, out, err = _run_search(model, tmp_path, "--expected_cos", "0.999", "--max_float_layers", "1", "--bc",
+                               "--bc_part", "weights", "--bc_inference_num", "8", "--min_layer_cos", "1.0",
+                               "--save_mlir", tmp_path / "cal.mlir")
+    assert rc in (0, 1), err
+    printed = float(re.search(r"^int8 outputs_cos:([0-9.]+)", out, re.M).group(1))
+    orig = ir.load_graph(str(model / "m.mlir"))
+    cal = ir.load_graph(str(tmp_path / "cal.mlir"))
+    assert any(not np.array_equal(cal.weights[n.attrs["name"]], orig.weights.get(n.attrs["name"], np.zeros(0)))
+               for n in cal.nodes if n.op == "top.weight")                         # the biases did move
+    feeds, n = inference_feeds(Dataset([orig.node_map()["x"]], Preprocess.from_attrs(None), str(model / "ds")), 8)
+    t = read_cali_table(str(tmp_path / "new_cali_table.txt")).thresholds
+    for nd in cal.nodes:
+        e = t.get(nd.name)
+        if e is not None and nd.op not in ("top.weight", "top.none"):
+            nd.extra["cali.threshold"], nd.extra["cali.min"], nd.extra["cali.max"] = e
+    assign_precision(cal, "bm1684x", "INT8")
+    low = lower(cal, "bm1684x")
+    o = orig.outputs[0]
+    ref = Interpreter(orig).run(feeds)[o]
+    q = real_value(low.node_map()[low.outputs[0]], Interpreter(low).run(feeds)[low.outputs[0]])
+    want = float(np.mean([cosine(ref[i], q[i]) for i in range(n)]))
+    assert printed == pytest.approx(want, abs=2e-6)
+    bc_float = Interpreter(cal).run(feeds)[o]
+    assert abs(float(np.mean([cosine(bc_float[i], q[i]) for i in range(n)])) - want) > 1e-5  # a different reference

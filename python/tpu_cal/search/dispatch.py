@@ -44,6 +44,7 @@ def prepare(o, graph: Graph, ds: Dataset, tune_ds: Dataset | None = None):
 class CalibrateSearch:
     def __init__(self, kind: str, o, graph: Graph, ds: Dataset, tune_ds: Dataset | None):
         self.kind, self.o, self.graph, self.ds, self.tune_ds = kind, o, graph, ds, tune_ds
+        self.reference_graph: Graph | None = None
         self.chip = get_chip(o.processor)
         if o.inference_num < 1:
             raise UserError(f"--inference_num must be >= 1, got {o.inference_num}")
@@ -84,10 +85,14 @@ class CalibrateSearch:
         return Engine(self.graph, table, self.chip, feeds, compare=self.compare, post_process=self.post,
                       batch_size=max(self.o.batch_size, min(self.o.inference_num, ENGINE_BATCH)),
                       workers=self.o.workers, fixed=self.fixed,
-                      metric=self.o.benchmark_method if self.kind == "search_threshold" else "cos")
+                      metric=self.o.benchmark_method if self.kind == "search_threshold" else "cos",
+                      reference_graph=self.reference_graph)
 
-    def run(self, res: CalibrationResult, method: str) -> tuple[CalibrationResult, str, int]:
-        """Runs the search; returns the calibration result whose table -o gets, its method name, the exit code."""
+    def run(self, res: CalibrationResult, method: str, reference_graph: Graph | None = None) \
+            -> tuple[CalibrationResult, str, int]:
+        """Runs the search; returns the calibration result whose table -o gets, its method name, the exit code.
+        `reference_graph`: the float function to match when a rewrite (bias correction) changed the module's."""
+        self.reference_graph = reference_graph
         o = self.o
         model = os.path.basename(o.mlir_file)
         if self.kind == "search_threshold":

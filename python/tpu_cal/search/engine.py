@@ -116,7 +116,7 @@ class Engine:
     def __init__(self, graph: Graph, table: dict, chip, feeds: dict[str, np.ndarray], *,
                  compare: list[tuple[str, float]] | None = None, post_process=None, batch_size: int = 16,
                  workers: int = 0, fixed: dict[str, str] | None = None, asym_ops=(), show_progress=True,
-                 metric: str = "cos", cache_budget: int | None = None):
+                 metric: str = "cos", cache_budget: int | None = None, reference_graph: Graph | None = None):
         self.graph = graph
         # bytes one cached reference may hold (the float one and the current mix are alive at once); default a
         # quarter of the machine's memory
@@ -142,12 +142,20 @@ class Engine:
         self.n_samples = total
         self.evaluations = 0                           # candidate evaluations so far (for the speed report)
         self._float_targets: list[list[np.ndarray]] | None = None
-        self.float_ref = self.reference(Candidate(default="F32"))
-        fl = self.float_ref.graph
+        # what the candidates must match: the float module, or `reference_graph`, the model before a rewrite that
+        # changes the float function (bias correction: its point is int8(rewritten) ~ float(original))
+        if reference_graph is not None:
+            self.graph = reference_graph
+        target = self.reference(Candidate(default="F32"))
+        self.graph = graph
+        fl = target.graph
         fnodes = fl.node_map()
-        self._float_targets = [[self._target(b, name, fl, fnodes, {}, self.float_ref.values[b])
+        self._float_targets = [[self._target(b, name, fl, fnodes, {}, target.values[b])
                                 for name, _ in self.compare] for b in range(len(self.batches))]
-        self.float_ref.score = self._score(fl, self.float_ref.values, self.float_ref.values, 0)
+        # the cached base of the candidates is the float run of the module they are lowered from
+        self.float_ref = target if reference_graph is None else self.reference(Candidate(default="F32"))
+        del target
+        self.float_ref.score = self._score(self.float_ref.graph, self.float_ref.values, self.float_ref.values, 0)
 
     # ----------------------------------------------------------------------------------------- lowering
     def lowered(self, cand: Candidate) -> Graph:
