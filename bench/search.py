@@ -46,7 +46,9 @@ def judge_ort(mlir: str, table: str, qtable: str | None, x: np.ndarray, ref: np.
     return J.compare(ref, J.run_model(out, x, batch=1))     # the export keeps the module's batch of 1
 
 
-def judge_ours(mlir: str, table: str, qtable: str | None, x: np.ndarray) -> float:
+def judge_ours(mlir: str, table: str, qtable: str | None, x: np.ndarray, original: str | None = None) -> float:
+    """Our simulation of the mix against the float module (`original`: the module before a rewrite that changed
+    the float function, as the ORT judge compares with the original ONNX model)."""
     from tpu_cal import ir
     from tpu_cal.formats.cali_table import read_cali_table
     from tpu_cal.formats.qtable import read_qtable
@@ -55,7 +57,9 @@ def judge_ours(mlir: str, table: str, qtable: str | None, x: np.ndarray) -> floa
     names = {n.name for n in g.nodes}
     t = {k: v for k, v in read_cali_table(table).thresholds.items() if k in names}
     modes = read_qtable(qtable).modes if qtable else {}
-    eng = Engine(g, t, "bm1684x", {g.inputs[0]: x}, workers=1, batch_size=len(x), show_progress=False)
+    ref = ir.load_graph(original) if original and original != mlir else None
+    eng = Engine(g, t, "bm1684x", {g.inputs[0]: x}, workers=1, batch_size=len(x), show_progress=False,
+                 reference_graph=ref)
     return eng.reference(Candidate(modes=modes)).score.cos
 
 
@@ -146,11 +150,11 @@ def main(argv=None) -> int:
     base = runs[0]
     q_int8 = judge_ort(base.get("mlir", mlir), base["out"], None, x, ref, work)
     rows.append(["full int8 (calibration table, no qtable)", "", "", "", "", "", "0", f"{base['search_int8']:.5f}",
-                 f"{judge_ours(base.get('mlir', mlir), base['out'], None, x):.5f}", f"{q_int8.mean_cos:.5f}",
+                 f"{judge_ours(base.get('mlir', mlir), base['out'], None, x, mlir):.5f}", f"{q_int8.mean_cos:.5f}",
                  f"{q_int8.min_cos:.5f}", f"{q_int8.top1 * 100:.1f}"])
     for r in runs:
         q = judge_ort(r.get("mlir", mlir), r["table"], r.get("qtable"), x, ref, work)
-        ours = judge_ours(r.get("mlir", mlir), r["table"], r.get("qtable"), x)
+        ours = judge_ours(r.get("mlir", mlir), r["table"], r.get("qtable"), x, mlir)
         if r["kind"] == "search_qtable":
             what = f"search_qtable {a.methods}, expected_cos {r['expected']}"
             nf, scos = str(len(r["float_layers"])), f"{r['search_mix']:.5f}"
