@@ -481,7 +481,7 @@ def test_efficientnet_lite0_export_on_real_photos(tmp_path, zoo_model):
     arithmetic cannot share: ONNX Runtime requantizes with float32 multipliers and ties to even, we with exact
     integers and ties away from zero. Only ~5e-6 of the first conv's int8 values differ (float32 near-ties),
     but each flipped value moves its neighbours across rounding boundaries in the next layer: the share of
-    differing values grows about tenfold every two blocks, to half of them by block 9 (bench/RESULTS.md). The
+    differing values grows about tenfold every two blocks, to half of them by block 9 (bench/RESULTS.md, python bench/agreement.py). The
     output keeps cosine 0.9988 between the two (0.9976 before the fused ReLU6 and the float32 input quotient),
     so the bar here is 0.998, and both must be equally far from float; the cls test holds the strict 0.999."""
     from tpu_cal.zoo.efficientnet import efficientnet_lite0, preprocess
