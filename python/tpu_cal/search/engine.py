@@ -68,13 +68,18 @@ class Reference:
     score: Score
 
 
-def per_sample_cosines(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
-    """Cosine of each of the n samples of two batched tensors (the whole tensor when it has no batch axis)."""
+def _per_sample(a: np.ndarray, b: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two batched tensors as [n, -1] float64 rows (one row when the tensor has no batch axis of n samples)."""
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     if a.ndim == 0 or a.shape[0] % n:
-        a, b, n = a.reshape(1, -1), b.reshape(1, -1), 1
-    a, b = a.reshape(n, -1), b.reshape(n, -1)
+        n = 1
+    return a.reshape(n, -1), b.reshape(n, -1)
+
+
+def per_sample_cosines(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """Cosine of each of the n samples of two batched tensors (the whole tensor when it has no batch axis)."""
+    a, b = _per_sample(a, b, n)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     dot = np.einsum("ij,ij->i", a, b)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -88,11 +93,7 @@ SNR_CAP_DB = 200.0        # an exact tensor's SNR is infinite; capped so that me
 
 def per_sample_snr(ref: np.ndarray, x: np.ndarray, n: int) -> np.ndarray:
     """SNR in dB of each of the n samples of x against ref (capped at SNR_CAP_DB)."""
-    a = np.asarray(ref, np.float64)
-    b = np.asarray(x, np.float64)
-    if a.ndim == 0 or a.shape[0] % n:
-        a, b, n = a.reshape(1, -1), b.reshape(1, -1), 1
-    a, b = a.reshape(n, -1), b.reshape(n, -1)
+    a, b = _per_sample(ref, x, n)
     sig, noise = (a * a).sum(axis=1), ((a - b) ** 2).sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         db = 10 * np.log10(sig / noise)
