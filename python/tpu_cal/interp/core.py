@@ -106,8 +106,7 @@ class Interpreter:
             if n.op == "top.weight":
                 out = g.weights[n.attrs["name"]]
             else:
-                shape = n.shape if batch == 1 or not n.shape else (n.shape[0] * batch,) + tuple(n.shape[1:])
-                out = self._kernels[n.op](n, *args, shape=tuple(shape))
+                out = self._compute(n, args, batch)
             for ls in self.listeners:
                 rep = ls.after_op(n, args, out)
                 if rep is not None:
@@ -149,8 +148,7 @@ class Interpreter:
                 out = self._check_feed(n, values[n.name], batch)
             else:
                 args = [None if i is None else (env[i] if i in env else values[i]) for i in n.inputs]
-                shape = n.shape if batch == 1 or not n.shape else (n.shape[0] * batch,) + tuple(n.shape[1:])
-                out = self._kernels[n.op](n, *args, shape=tuple(shape))
+                out = self._compute(n, args, batch)
             env[n.name] = out
             for i in set(n.inputs):
                 if i is not None and last.get(i) == k and i not in keep:
@@ -158,6 +156,11 @@ class Interpreter:
             if n.name not in last and n.name not in keep:
                 env.pop(n.name, None)
         return {name: env[name] for name in keep if name in env}
+
+    def _compute(self, n: Node, args: list, batch: int):
+        """The op's kernel on `args`, for a batch of `batch` times the module's declared batch."""
+        shape = n.shape if batch == 1 or not n.shape else (n.shape[0] * batch,) + tuple(n.shape[1:])
+        return self._kernels[n.op](n, *args, shape=tuple(shape))
 
     def _batch_factor(self, feeds) -> int:
         factors = set()
