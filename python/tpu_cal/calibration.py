@@ -34,6 +34,8 @@ class CalibrationResult:
     samples: int = 0
     tune_samples: int = 0
     infinite: dict[str, int] = field(default_factory=dict)   # op -> infinities passed on from a mask
+    # layer -> per-channel error bias correction subtracted from its bias (calibrate --bc)
+    bias_corrections: dict = field(default_factory=dict)
 
 
 def progress(total: int, desc: str, unit: str = "sample"):

@@ -133,13 +133,14 @@ def assign_precision(graph: Graph, chip, mode: str = "INT8", qtable: QTable | No
     if qtable is not None:
         qtable.check_names(n.name for n in graph.nodes)
     integer = default in INT_MODES
+    modes = with_pairs(graph, qtable.modes) if qtable is not None else {}
     out = {}
     for n in graph.compute_nodes():
         if not is_float(n):
             p = NONE
-        elif qtable is not None and n.name in qtable.modes:
+        elif n.name in modes:
             try:
-                p = chip.resolve(qtable.modes[n.name], n.name)
+                p = chip.resolve(modes[n.name], n.name)
             except UserError as e:
                 raise UserError(f"{qtable.source}:{qtable.lines.get(n.name, '?')}: {e}") from None
         elif integer and short(n.op) in chip.float_ops:
@@ -216,10 +217,9 @@ def check_thresholds(graph: Graph, asym_ops=()) -> None:
         raise UserError(f"threshold not positive and finite for {', '.join(bad[:5])}")
 
 
-def fusable_activations(graph: Graph, prec: dict[str, str], asym=()) -> dict[str, str]:
-    """activation op name -> the conv/deconv/matmul it is fused into at lowering: a relu, or a clip with min 0 and
-    a positive max, whose only input is a MAC op of the same integer precision that nothing else reads (and
-    that is not a graph output), neither of them asymmetric."""
+def activation_pairs(graph: Graph) -> dict[str, str]:
+    """activation op name -> its MAC op: a relu, or a clip with min 0 and a positive max, whose only input is a
+    conv/deconv/matmul that nothing else reads and that is not a graph output (what lowering can fuse)."""
     nodes = graph.node_map()
     users = graph.users()
     outputs = set(graph.outputs)
@@ -229,14 +229,30 @@ def fusable_activations(graph: Graph, prec: dict[str, str], asym=()) -> dict[str
         if n.op != "top.relu" and not relu6:
             continue
         src = nodes.get(n.inputs[0]) if n.inputs and n.inputs[0] is not None else None
-        if src is None or src.op not in FUSE_MAC_OPS or src.name in outputs or src.name in asym or n.name in asym:
-            continue
-        if prec.get(n.name) not in INT_MODES or prec.get(src.name) != prec.get(n.name):
+        if src is None or src.op not in FUSE_MAC_OPS or src.name in outputs:
             continue
         if [u.name for u in users.get(src.name, [])] != [n.name]:
             continue
         out[n.name] = src.name
     return out
+
+
+def with_pairs(graph: Graph, modes: dict[str, str]) -> dict[str, str]:
+    """qtable entries with each one given to its `activation_pairs` partner too, unless the partner has its own:
+    a MAC op and the ReLU/ReLU6 that alone reads it are one layer (one op after fusion, as in TPU-MLIR, whose
+    fused op has the activation's name)."""
+    out = dict(modes)
+    for act, mac in activation_pairs(graph).items():
+        if (act in modes) != (mac in modes):
+            out[mac if act in modes else act] = modes[act if act in modes else mac]
+    return out
+
+
+def fusable_activations(graph: Graph, prec: dict[str, str], asym=()) -> dict[str, str]:
+    """activation op name -> the conv/deconv/matmul it is fused into at lowering: an `activation_pairs` pair of
+    the same integer precision, neither of them asymmetric."""
+    return {act: mac for act, mac in activation_pairs(graph).items()
+            if prec.get(act) in INT_MODES and prec.get(mac) == prec.get(act) and act not in asym and mac not in asym}
 
 
 # --------------------------------------------------------------------------------------------------- lowering

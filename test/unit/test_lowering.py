@@ -197,7 +197,15 @@ def test_qtable_overrides_and_float_mode_keeps_float_ops_in_the_mode():
     g = synthetic()
     q = parse_qtable("# op_name mode\nc1 F16\nsm INT8\na1 F32\nam F16\nx BF16\n", "q.txt")
     got = lowering.assign_precision(g, "bm1684x", "INT8", q)
-    assert got == dict(ALL_INT8, c1="F16", sm="INT8", a1="F32")     # am stays NONE; the input is not lowered
+    # am stays NONE; the input is not lowered; r1, the ReLU that alone reads c1, is one layer with it
+    assert got == dict(ALL_INT8, c1="F16", r1="F16", sm="INT8", a1="F32")
+    # naming both of a conv + ReLU pair keeps each entry
+    g = synthetic()
+    got = lowering.assign_precision(g, "bm1684x", "INT8", parse_qtable("c1 F16\nr1 INT8\n"))
+    assert got == dict(ALL_INT8, c1="F16")
+    g = synthetic()
+    assert lowering.assign_precision(g, "bm1684x", "INT8", parse_qtable("r1 BF16\n")) == \
+        dict(ALL_INT8, c1="BF16", r1="BF16")
     g = synthetic()
     got = lowering.assign_precision(g, "bm1684x", "F16")
     assert got == {k: ("NONE" if v == "NONE" else "F16") for k, v in ALL_INT8.items()}
@@ -206,7 +214,7 @@ def test_qtable_overrides_and_float_mode_keeps_float_ops_in_the_mode():
 def test_cv18xx_maps_f16_to_bf16_and_keeps_float_ops_in_bf16():
     g = synthetic()
     got = lowering.assign_precision(g, "cv183x", "INT8", parse_qtable("c1 F16\nmm F32\n"))
-    assert got == dict(ALL_INT8, c1="BF16", mm="BF16", sm="BF16")
+    assert got == dict(ALL_INT8, c1="BF16", r1="BF16", mm="BF16", sm="BF16")
     g = synthetic()
     got = lowering.assign_precision(g, "cv183x", "F16")
     assert set(got.values()) == {"BF16", "NONE"}
@@ -355,7 +363,7 @@ def test_lowered_module_verifies_and_round_trips(lowered_int8, tmp_path):
 def test_mixed_precision_casts_and_rounded_weights():
     ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes is the bf16 reference")
     g = synthetic()
-    q = parse_qtable("c1 F16\nsm INT8\na1 F32\nrs BF16\n")
+    q = parse_qtable("c1 F16\nr1 INT8\nsm INT8\na1 F32\nrs BF16\n")    # r1 named: not c1's pair here
     prec = lowering.assign_precision(g, "bm1684x", "INT8", q)
     low = lowering.lower(g, "bm1684x")
     casts = check_casts(g, low, prec)

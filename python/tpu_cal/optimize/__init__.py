@@ -104,17 +104,19 @@ def run_weight_equalization(graph: Graph, out=None) -> tuple[list, list]:
 
 
 def run_bias_correction(graph: Graph, ds: Dataset, n: int, batch_size: int, chip: str, min_layer_cos: float,
-                        out=None, part: str = "output") -> list:
+                        out=None, part: str = "output") -> dict:
     """Bias correction of a calibrated graph (thresholds attached) on the first `n` samples of `ds`; prints the
-    corrected layers (those below `min_layer_cos`) to `out`."""
+    corrected layers (those below `min_layer_cos`) to `out`. Returns layer -> the error subtracted from its bias
+    (`bias_correction.uncorrect` adds it back to a layer a qtable lifts to float)."""
     from .bias_correction import correct, measure
     samples = ds.take(n, "--bc_inference_num")
-    rows = correct(graph, measure(graph, ds, samples, chip, batch_size, part), min_layer_cos)
+    stats = measure(graph, ds, samples, chip, batch_size, part)
+    rows = correct(graph, stats, min_layer_cos)
     fixed = [r for r in rows if r[5]]
     print(table(["layer", "op", "int8 cosine", "mean |error|", "max |error|", "corrected"], fixed,
                 title=f"bias correction on {len(samples)} samples ({chip}): {len(fixed)} of {len(rows)} conv/matmul "
                       f"layers below cosine {min_layer_cos}"), file=out or sys.stdout)
-    return rows
+    return {name: err for name, (cos, err) in stats.items() if cos < min_layer_cos}
 
 
 def calibrate(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: Dataset | None, options) \
@@ -139,6 +141,6 @@ def calibrate(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: Datase
     if rw.bc:
         from ..calibration import attach
         attach(graph, res.table)
-        run_bias_correction(graph, ds, rw.bc_inference_num, cfg.batch_size, rw.processor, rw.min_layer_cos,
-                            part=rw.bc_part)
+        res.bias_corrections = run_bias_correction(graph, ds, rw.bc_inference_num, cfg.batch_size, rw.processor,
+                                                   rw.min_layer_cos, part=rw.bc_part)
     return res

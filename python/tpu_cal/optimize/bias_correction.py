@@ -153,3 +153,20 @@ def correct(graph: Graph, stats: dict[str, tuple[float, np.ndarray]], min_layer_
         rows.append([name, n.op, float(cos), float(np.abs(err).mean()), float(np.abs(err).max()),
                      "yes" if fix else ""])
     return rows
+
+
+def uncorrect(graph: Graph, corrections: dict[str, np.ndarray], names) -> list[str]:
+    """Adds back the bias correction of the layers in `names` (in place; those without one are skipped): a layer a
+    qtable lifts to float adds none of the int8 error its correction was made for, so with the correction kept it
+    would carry the opposite error instead. Returns the layers changed."""
+    nodes = graph.node_map()
+    done = []
+    for name in names:
+        err = corrections.get(name)
+        if err is None or name not in nodes:
+            continue
+        n = nodes[name]
+        b = weight_of(graph, nodes, n.inputs[2]).astype(np.float64)
+        set_weight(graph, n, 2, b + err, "uncorrected")
+        done.append(name)
+    return done

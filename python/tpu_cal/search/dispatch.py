@@ -18,11 +18,13 @@ from ..fileio import check_writable
 from ..formats.cali_table import CaliTable, make_header, write_cali_table
 from ..formats.qtable import read_qtable, write_qtable
 from ..graph import Graph
+from ..lowering import with_pairs
+from ..optimize.bias_correction import uncorrect
 from . import qtable as qsearch
 from . import threshold as tsearch
 from .common import (MIX_MODES, check_expected_cos, compare_layers, float_type, inference_feeds,
                      load_post_process, method_list)
-from .engine import Engine
+from .engine import FLOAT_MODES, Engine
 
 SEARCHES = ("false", "search_qtable", "search_threshold")
 BENCHMARKS = ("cos", "snr")
@@ -45,6 +47,7 @@ class CalibrateSearch:
     def __init__(self, kind: str, o, graph: Graph, ds: Dataset, tune_ds: Dataset | None):
         self.kind, self.o, self.graph, self.ds, self.tune_ds = kind, o, graph, ds, tune_ds
         self.reference_graph: Graph | None = None
+        self.bias_corrections: dict = {}
         self.chip = get_chip(o.processor)
         if o.inference_num < 1:
             raise UserError(f"--inference_num must be >= 1, got {o.inference_num}")
@@ -86,13 +89,14 @@ class CalibrateSearch:
                       batch_size=max(self.o.batch_size, min(self.o.inference_num, ENGINE_BATCH)),
                       workers=self.o.workers, fixed=self.fixed,
                       metric=self.o.benchmark_method if self.kind == "search_threshold" else "cos",
-                      reference_graph=self.reference_graph)
+                      reference_graph=self.reference_graph, bias_corrections=self.bias_corrections)
 
     def run(self, res: CalibrationResult, method: str, reference_graph: Graph | None = None) \
             -> tuple[CalibrationResult, str, int]:
         """Runs the search; returns the calibration result whose table -o gets, its method name, the exit code.
         `reference_graph`: the float function to match when a rewrite (bias correction) changed the module's."""
         self.reference_graph = reference_graph
+        self.bias_corrections = res.bias_corrections
         o = self.o
         model = os.path.basename(o.mlir_file)
         if self.kind == "search_threshold":
@@ -118,6 +122,12 @@ class CalibrateSearch:
         pre = {"kl": res.table} if method == "kl" and res.tune_samples else {}    # KLD + auto-tune as calibrated
         engine = self._engine(res.table)
         qres = qsearch.run(engine, self.graph, res.stats, res.op_types, cfg, model, self.fixed, pre)
+        # the module written (--save_mlir) runs its float layers as the search measured them: uncorrected
+        restored = uncorrect(self.graph, res.bias_corrections,
+                             [n for n, m in with_pairs(self.graph, {**self.fixed, **qres.qtable}).items()
+                              if m in FLOAT_MODES])
+        if restored:
+            print(f"bias correction taken back from {len(restored)} float layer(s): {', '.join(restored)}")
         write_outputs(qres, o.quantize_table, self.new_table_path, self.log_path, model, self.fixed,
                       f"search_qtable {','.join(self.methods)}", res.samples)
         print(qsearch.report(qres, o.quantize_table, cfg))

@@ -12,6 +12,10 @@ and inputs (and, for weights, the same array) whose inputs are all such nodes co
 taken from the reference's cache; only the rest, the part downstream of what the candidate changed, is run
 (`Interpreter.run_from`). That is exact: the dirty nodes see exactly the operands a full run would give them.
 
+After bias correction (`calibrate --bc`) the engine is given the corrections: a layer a candidate runs in
+float gets its uncorrected bias back (`bias_correction.uncorrect`), since the correction was made for the int8
+error it no longer has; the deployed module gets the same for the layers the search leaves in float.
+
 The float activations of the inference samples are computed once (`Engine.float_ref`, the all-F32 lowering)
 and are both the reference the per-layer searches start from and what every score compares against.
 A reference whose tensors would exceed `cache_budget` (default a quarter of the machine's memory) keeps only
@@ -35,7 +39,10 @@ from ..formats.qtable import QTable
 from ..graph import Graph
 from ..interp.core import Interpreter
 from ..lowering import as_chip, assign_precision, lower
+from ..optimize.bias_correction import uncorrect
 from ..simulate import real_value
+
+FLOAT_MODES = ("F32", "F16", "BF16")
 
 
 @dataclass
@@ -117,8 +124,10 @@ class Engine:
     def __init__(self, graph: Graph, table: dict, chip, feeds: dict[str, np.ndarray], *,
                  compare: list[tuple[str, float]] | None = None, post_process=None, batch_size: int = 16,
                  workers: int = 0, fixed: dict[str, str] | None = None, asym_ops=(), show_progress=True,
-                 metric: str = "cos", cache_budget: int | None = None, reference_graph: Graph | None = None):
+                 metric: str = "cos", cache_budget: int | None = None, reference_graph: Graph | None = None,
+                 bias_corrections: dict | None = None):
         self.graph = graph
+        self.bias_corrections: dict = {}
         # bytes one cached reference may hold (the float one and the current mix are alive at once); default a
         # quarter of the machine's memory
         self.cache_budget = int(cache_budget if cache_budget is not None else _physical_memory() // 4)
@@ -149,6 +158,8 @@ class Engine:
             self.graph = reference_graph
         target = self.reference(Candidate(default="F32"))
         self.graph = graph
+        # layer -> the error its bias correction subtracted (calibrate --bc), given back when it runs in float
+        self.bias_corrections = dict(bias_corrections or {})
         fl = target.graph
         fnodes = fl.node_map()
         self._float_targets = [[self._target(b, name, fl, fnodes, {}, target.values[b])
@@ -162,8 +173,12 @@ class Engine:
     def lowered(self, cand: Candidate) -> Graph:
         """The tpu graph of `cand`: thresholds attached to a copy of the float graph, precisions, lowering."""
         g = self.graph
-        nodes = [dataclasses.replace(n, extra=dict(n.extra)) for n in g.nodes]
-        copy = Graph(g.name, list(g.inputs), list(g.outputs), nodes, g.weights, dict(g.attrs))
+        modes = dict(self.fixed)
+        modes.update(cand.modes)
+        # inputs, attrs and weights are copied too: bias_correction.uncorrect may change them below
+        nodes = [dataclasses.replace(n, extra=dict(n.extra), inputs=list(n.inputs), attrs=dict(n.attrs))
+                 for n in g.nodes]
+        copy = Graph(g.name, list(g.inputs), list(g.outputs), nodes, dict(g.weights), dict(g.attrs))
         for n in nodes:
             e = self.table.get(n.name)
             th = cand.thresholds.get(n.name)
@@ -172,9 +187,9 @@ class Engine:
                 e = (th, lo, hi)
             if e is not None and n.op not in ("top.weight", "top.none"):
                 n.extra[ATTR_TH], n.extra[ATTR_MIN], n.extra[ATTR_MAX] = (float(v) for v in e)
-        modes = dict(self.fixed)
-        modes.update(cand.modes)
-        assign_precision(copy, self.chip, cand.default, QTable(modes=modes, source="<search candidate>"))
+        prec = assign_precision(copy, self.chip, cand.default, QTable(modes=modes, source="<search candidate>"))
+        # float layers get their bias correction back: it was made for the int8 error they no longer have
+        uncorrect(copy, self.bias_corrections, [n for n in self.bias_corrections if prec.get(n) in FLOAT_MODES])
         return lower(copy, self.chip, self.asym)
 
     @staticmethod

@@ -8,8 +8,13 @@
    --cluster the high-loss cluster) is measured as the next float layer of the current mix, exactly; the best
    is kept (greedy forward selection). The first round measures every candidate; later rounds re-measure the
    few best of the previous round, whose gains change little when another layer goes float, and the neighbours
-   of the float layers, whose gains change most (two adjacent float layers drop the int8 tensor between them). The cap is a
-   cap: when the target is not reached, the best mix found within it is written and the result says so.
+   of the float layers, whose gains change most (two adjacent float layers drop the int8 tensor between them).
+   When no single layer reaches the target, runs of 2-3 consecutive layers around the most sensitive ones are
+   measured too (on EfficientNet-Lite0 the stem and block 0's depthwise layer in float together remove most of
+   the int8 error; either alone does little). A run that reaches the target with the fewest layers wins, else
+   the move with the most gain per layer. The cap is a cap: when the target is not reached, the best mix found
+   within it is written and the result says so.
+A conv and the ReLU/ReLU6 that alone reads it are one layer, named by the activation, as TPU-MLIR's fused op is.
 
 Every measurement is a lowered module in the quantized simulation (`search.engine`): only the part downstream
 of the changed layer runs, the rest comes from cached tensors, and independent measurements run on worker
@@ -27,13 +32,15 @@ from ..calibration import method_table
 from ..chips import Chip
 from ..errors import UserError
 from ..graph import Graph
-from ..lowering import KEEP_SCALE_OPS, is_float, short
+from ..lowering import KEEP_SCALE_OPS, activation_pairs, is_float, short
 from ..report import table as text_table
 from .common import LOG_NAMES, Log
 from .engine import Candidate, Engine, Score
 
 POOL_MIN = 8           # float-layer candidates measured in the first round (at least; 2 per allowed layer)
 RECHECK = 3            # candidates re-measured in later rounds
+WINDOW_ANCHORS = 3     # most sensitive layers around which runs of consecutive float layers are tried
+WINDOW_MAX = 3         # the longest run tried at once
 MAC_OPS = ("conv", "deconv", "matmul")
 
 
@@ -79,20 +86,64 @@ class QtableResult:
 def search_layers(graph: Graph, chip: Chip, table: dict, fixed: dict, transformer: bool) -> tuple[list, int, int]:
     """(layers to search, all layer number, all layer number no float): every op that would be int8 with a
     threshold of its own (not the chip's float ops, not data movement that borrows its input's scale, not
-    fixed by the user's qtable); with `transformer` only the matmul/conv family."""
+    fixed by the user's qtable); with `transformer` only the matmul/conv family. A conv and the ReLU/ReLU6 that
+    alone reads it are one layer, named by the activation (TPU-MLIR's fused op; `lowering.activation_pairs`)."""
     nodes = graph.node_map()
     comp = graph.compute_nodes()
     not_float = [n for n in comp if is_float(n) and short(n.op) not in chip.float_ops and n.name not in fixed]
+    pairs = {mac: act for act, mac in activation_pairs(graph).items()}
+    # a qtable entry for either of a pair fixes both (lowering.assign_precision)
+    fixed_pair = {x for mac, act in pairs.items() if act in fixed or mac in fixed for x in (act, mac)}
     out = []
     for n in not_float:
         data_moves = short(n.op) in KEEP_SCALE_OPS and n.inputs and n.inputs[0] is not None \
             and nodes[n.inputs[0]].op != "top.weight"
-        if data_moves or n.name not in table:
+        if data_moves or n.name not in table or n.name in fixed_pair:
             continue
-        if transformer and short(n.op) not in MAC_OPS:
+        if n.name in pairs and pairs[n.name] in table:
+            continue                    # searched as its activation
+        if transformer and short(n.op) not in MAC_OPS and n.name not in pairs.values():
             continue
         out.append(n)
     return out, len(comp), len(not_float)
+
+
+class Chains:
+    """Which searched layers follow which: a layer's producer is the layer of its data input, its consumer the
+    only layer reading it. Windows of consecutive layers are the float regions a search tries together: two
+    adjacent float layers keep the tensor between them in float, which neither does alone."""
+
+    def __init__(self, graph: Graph, layers: list):
+        names = {n.name for n in layers}
+        pairs = activation_pairs(graph)
+        layer_of = {mac: act for act, mac in pairs.items() if act in names}
+        layer_of.update({n: n for n in names})
+        nodes = graph.node_map()
+        users = graph.users()
+        self.prev: dict[str, str] = {}
+        self.next: dict[str, str] = {}
+        for name in names:
+            first = nodes[pairs[name]] if name in pairs and pairs[name] not in names else nodes[name]
+            src = first.inputs[0] if first.inputs else None
+            if src is not None and layer_of.get(src) in names:
+                self.prev[name] = layer_of[src]
+            readers = {layer_of.get(u.name) for u in users.get(name, [])}
+            if len(readers) == 1 and None not in readers:
+                self.next[name] = readers.pop()
+
+    def neighbours(self, name: str) -> list[str]:
+        return [x for x in (self.prev.get(name), self.next.get(name)) if x is not None]
+
+    def windows(self, anchor: str, size: int) -> list[tuple[str, ...]]:
+        """The runs of `size` consecutive layers that hold `anchor`."""
+        back, fwd = [anchor], [anchor]
+        while len(back) < size and back[-1] in self.prev and self.prev[back[-1]] not in back:
+            back.append(self.prev[back[-1]])
+        while len(fwd) < size and fwd[-1] in self.next and self.next[fwd[-1]] not in fwd:
+            fwd.append(self.next[fwd[-1]])
+        line = back[::-1] + fwd[1:]
+        k = len(back) - 1
+        return [tuple(line[i:i + size]) for i in range(max(0, k - size + 1), min(k, len(line) - size) + 1)]
 
 
 def _two_means(values: np.ndarray) -> np.ndarray:
@@ -133,6 +184,12 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
     if not layers:
         raise UserError(f"{model}: no layer to search (every op is float or borrows its input's scale)")
 
+    macs = activation_pairs(graph)
+    gnodes = graph.node_map()
+
+    def op_of(n):       # a fused layer is its conv (TPU-MLIR's type for it)
+        return gnodes[macs[n.name]].op if n.name in macs else n.op
+
     # 1. each layer alone in int8, each method's threshold (equal thresholds are measured once)
     cands, index = [], []
     for n in layers:
@@ -146,20 +203,20 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
     scores = engine.evaluate(cands, desc="layers alone in int8")
     results: dict[str, LayerResult] = {}
     for n, m, th, k in index:
-        r = results.setdefault(n.name, LayerResult(n.name, n.op, {}, m, th, math.inf))
+        r = results.setdefault(n.name, LayerResult(n.name, op_of(n), {}, m, th, math.inf))
         loss = scores[k].loss
         r.losses[m] = (th, loss)
         if loss < r.loss:
             r.loss, r.best_method, r.best_th = loss, m, th
     for n in layers:
         r = results[n.name]
-        log.info(f"start to handle layer: {n.name}, type: {n.op}")
+        log.info(f"start to handle layer: {n.name}, type: {op_of(n)}")
         for m in cfg.methods:
             th, loss = r.losses[m]
             log.info(f"adjust layer {n.name} th, with method {LOG_NAMES[m]}, and threshlod {th}")
             log.info(f"run int8 mode: {model}")
             log.info(f"outputs_cos_los = {loss}")
-        log.info(f"layer {n.name}, layer type is {n.op}, best_th = {r.best_th}, best_method = "
+        log.info(f"layer {n.name}, layer type is {op_of(n)}, best_th = {r.best_th}, best_method = "
                  f"{LOG_NAMES[r.best_method]}, best_cos_loss = {r.loss}")
     ranked = sorted(results.values(), key=lambda r: (-r.loss, r.name))
     best_th = {r.name: r.best_th for r in ranked}
@@ -190,47 +247,70 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
     pool = pool[:max(POOL_MIN, 2 * cfg.max_float_layers)]
     cur: Score = ref.score
     gains: dict[str, float] = {}
+    chains = Chains(graph, layers)
     # the producers and consumers of a float layer gain most from it (together they drop the int8 tensor between
     # them), so they join the candidates of the next rounds
-    searchable = {n.name for n in layers}
-    users = graph.users()
-    nodes = graph.node_map()
     near: list[str] = []
+
+    def mix(extra) -> Candidate:
+        return Candidate(modes={c: cfg.float_mode for c in chosen + list(extra)}, thresholds=best_th,
+                         default=cfg.base_mode)
+
+    def measure(moves: list[tuple[str, ...]], what: str) -> dict[tuple[str, ...], float]:
+        sc = engine.evaluate([mix(m) for m in moves], ref, desc=f"float layer {len(chosen) + 1}{what}")
+        for m, x in zip(moves, sc):
+            log.info(f"try float layers {chosen + list(m)}: outputs_cos = {x.cos}")
+            if len(m) == 1:
+                gains[m[0]] = x.cos
+        return {m: x.cos for m, x in zip(moves, sc)}
+
+    def pick(scores: dict) -> tuple[str, ...] | None:
+        """The fewest layers that reach the target (the best of those), else the most gain per layer."""
+        hit = [m for m, c in scores.items() if c >= cfg.expected_cos]
+        if hit:
+            return min(hit, key=lambda m: (len(m), -scores[m]))
+        best = max(scores, key=lambda m: (scores[m] - cur.cos) / len(m))
+        return best if scores[best] > cur.cos else None
+
     while cur.cos < cfg.expected_cos and len(chosen) < cfg.max_float_layers and pool:
         todo = pool if not gains else sorted(pool, key=lambda p: -gains[p])[:RECHECK]
         todo += [p for p in near if p not in todo and p not in chosen]
-
-        def mix(extra):
-            modes = {c: cfg.float_mode for c in chosen + [extra]}
-            return Candidate(modes=modes, thresholds=best_th, default=cfg.base_mode)
-        sc = engine.evaluate([mix(p) for p in todo], ref, desc=f"float layer {len(chosen) + 1}")
-        for p, s in zip(todo, sc):
-            gains[p] = s.cos
-            log.info(f"try float layers {chosen + [p]}: outputs_cos = {s.cos}")
-        best = max(todo, key=lambda p: (gains[p], -todo.index(p)))
+        scores = measure([(p,) for p in todo], "")
         rest = [p for p in pool if p not in todo]
-        if gains[best] <= cur.cos and rest:
+        room = cfg.max_float_layers - len(chosen)
+        if max(scores.values()) < cfg.expected_cos and room >= 2:
+            # no single layer reaches the target: runs of consecutive layers around the most sensitive ones and
+            # this round's best, which can keep whole stretches of tensors in float
+            anchors = [r.name for r in ranked if r.name not in chosen][:WINDOW_ANCHORS]
+            anchors += [m[0] for m in sorted(scores, key=lambda m: -scores[m])[:2]]
+            wins = []
+            for an in dict.fromkeys(anchors):
+                for size in range(2, min(WINDOW_MAX, room) + 1):
+                    wins += [w for w in chains.windows(an, size) if not set(w) & set(chosen) and w not in wins]
+            if wins:
+                scores.update(measure(wins, " (runs of layers)"))
+        best = pick(scores)
+        if best is None and rest:
             # stale gains can mislead: before giving up, measure every remaining candidate on the current mix
-            sc = engine.evaluate([mix(p) for p in rest], ref, desc=f"float layer {len(chosen) + 1} (all)")
-            for p, s in zip(rest, sc):
-                gains[p] = s.cos
-                log.info(f"try float layers {chosen + [p]}: outputs_cos = {s.cos}")
-            todo = todo + rest
-            best = max(todo, key=lambda p: (gains[p], -todo.index(p)))
-        if gains[best] <= cur.cos:
+            scores.update(measure([(p,) for p in rest], " (all)"))
+            best = pick(scores)
+        if best is None:
             log.info("no candidate layer improves the outputs any more")
             break
-        chosen.append(best)
-        if best in pool:
-            pool.remove(best)
-        for nb in [i for i in nodes[best].inputs if i is not None] + [u.name for u in users[best]]:
-            if nb in searchable and nb not in chosen and nb not in near:
-                near.append(nb)
-        ref = engine.reference(Candidate(modes={c: cfg.float_mode for c in chosen}, thresholds=best_th,
-                                         default=cfg.base_mode), base=ref)
+        for layer in best:
+            chosen.append(layer)
+            if layer in pool:
+                pool.remove(layer)
+        for layer in best:
+            for nb in chains.neighbours(layer):
+                if nb not in chosen and nb not in near:
+                    near.append(nb)
+        ref = engine.reference(mix(()), base=ref)
         cur = ref.score
-        steps.append((best, cur.cos))
-        log.info(f"set layer {best} to {cfg.float_mode}: outputs_cos = {cur.cos}")
+        for layer in best:
+            steps.append((layer, cur.cos))
+        log.info(f"set layer{'s' if len(best) > 1 else ''} {', '.join(best)} to {cfg.float_mode}: "
+                 f"outputs_cos = {cur.cos}")
     reached = cur.cos >= cfg.expected_cos
     log.info(f"mix model outputs_cos = {cur.cos}, float layers: {len(chosen)}, expected_cos {cfg.expected_cos} "
              f"{'reached' if reached else 'not reached'}")
