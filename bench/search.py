@@ -110,6 +110,20 @@ def _run_search(mlir: str, cal: str, work: str, a, kind: str, expected: float | 
     return r
 
 
+def calibrate_only(mlir: str, cal: str, work: str, a) -> str:
+    """`tpu-cal calibrate` with --calibrate_flags and no search; returns the module it saved."""
+    os.makedirs(work, exist_ok=True)
+    saved = os.path.join(work, "cal.mlir")
+    if not (a.reuse and os.path.exists(saved)):
+        cmd = C.tpu_cal_exe() + ["calibrate", mlir, "--dataset", cal, "--input_num", str(a.input_num), "--tune_num",
+                                 str(a.tune_num), "-o", os.path.join(work, "cali"), "--save_mlir", saved] \
+            + shlex.split(a.calibrate_flags)
+        m = J.run_measured(cmd)
+        if m.rc != 0:
+            raise SystemExit(f"calibrate failed (rc {m.rc}): {m.stderr.strip().splitlines()[-1:]}")
+    return saved
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input_num", type=int, default=100)
@@ -126,6 +140,7 @@ def main(argv=None) -> int:
     p.add_argument("--calibrate_flags", default="", help="more flags for `tpu-cal calibrate`, e.g. "
                                                          "'--cali_method use_mse --bc --bc_part weights'")
     p.add_argument("--write", action="store_true", help="write the '## Search' section of bench/RESULTS.md")
+    p.add_argument("--section", default="Search", help="the RESULTS.md section --write replaces")
     a = p.parse_args(argv)
     from tpu_cal.zoo import cache_dir
     work = cache_dir("bench", "search")
@@ -148,9 +163,15 @@ def main(argv=None) -> int:
         runs.append(r)
     rows = []
     base = runs[0]
-    q_int8 = judge_ort(base.get("mlir", mlir), base["out"], None, x, ref, work)
+    # full int8 is the calibration of the same command without a search: a module a search wrote has its float
+    # layers' bias correction taken back (they run in float with its qtable), so it is not the all-int8 one
+    int8_mlir = mlir
+    if a.calibrate_flags:
+        int8_mlir = calibrate_only(mlir, cal, os.path.join(work, "int8"), a)
+    int8_table = os.path.join(work, "int8", "cali") if a.calibrate_flags else base["out"]
+    q_int8 = judge_ort(int8_mlir, int8_table, None, x, ref, work)
     rows.append(["full int8 (calibration table, no qtable)", "", "", "", "", "", "0", f"{base['search_int8']:.5f}",
-                 f"{judge_ours(base.get('mlir', mlir), base['out'], None, x, mlir):.5f}", f"{q_int8.mean_cos:.5f}",
+                 f"{judge_ours(int8_mlir, int8_table, None, x, mlir):.5f}", f"{q_int8.mean_cos:.5f}",
                  f"{q_int8.min_cos:.5f}", f"{q_int8.top1 * 100:.1f}"])
     for r in runs:
         q = judge_ort(r.get("mlir", mlir), r["table"], r.get("qtable"), x, ref, work)
@@ -173,10 +194,13 @@ def main(argv=None) -> int:
     if a.write:
         load = os.getloadavg()[0]
         flags = f" --calibrate_flags '{a.calibrate_flags}'" if a.calibrate_flags else ""
-        body = (f"Command: `python bench/search.py --methods {a.methods} --workers {a.workers}{flags}` (venv active). "
+        section = f" --section '{a.section}'" if a.section != "Search" else ""
+        body = (f"Command: `python bench/search.py --methods {a.methods} --workers {a.workers} --expected "
+                f"{a.expected}{' --no-threshold' if a.no_threshold else ''}{flags}{section} --write` (venv active). "
                 f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}. {C.machine()}; load average {load:.1f} at the end "
                 f"(the machine is shared: wall times are upper bounds).\n\n"
-                f"EfficientNet-Lite0, {a.input_num} calibration samples (KLD + auto-tune on {a.tune_num}), the first "
+                f"EfficientNet-Lite0, {a.input_num} calibration samples ("
+                f"{('`' + a.calibrate_flags + '`, ') if a.calibrate_flags else 'KLD + '}auto-tune on {a.tune_num}), the first "
                 f"{a.inference_num} of them the search's inference samples, max_float_layers "
                 f"{a.max_float_layers}; judged on {a.eval} held-back samples of other photos. Wall s is the whole "
                 f"`tpu-cal calibrate --search ...` process (calibration included); TPU-MLIR: search_qtable 452 s, "
@@ -185,7 +209,7 @@ def main(argv=None) -> int:
                 + "\n".join(f"- float layers for expected_cos {r['expected']}: "
                             f"{', '.join('`' + n + '`' for n in r['float_layers']) or 'none'}"
                             for r in runs if r.get("float_layers") is not None) + "\n")
-        common.write_section(os.path.join(HERE, "RESULTS.md"), "Search", body)
+        common.write_section(os.path.join(HERE, "RESULTS.md"), a.section, body)
     return 0
 
 
