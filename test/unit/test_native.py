@@ -132,3 +132,55 @@ def test_builds_agree_on_statistics(builds):
             lib.tc_accumulate(x.ctypes.data, n, 1 << 16, 4, cnt, mom, hist.ctypes.data, 512, 16.0)
             res[name] = (nan, tuple(b), tuple(cnt), tuple(mom), hist.tolist())
         assert res["default"] == res["portable"], n
+
+
+def _stats_run(batches, numpy_path, monkeypatch, **kw):
+    from tpu_cal.stats import NonFiniteValues, TensorStats
+    if numpy_path:
+        monkeypatch.setenv("TPU_CAL_NO_NATIVE", "1")
+    else:
+        monkeypatch.delenv("TPU_CAL_NO_NATIVE", raising=False)
+    st, log = TensorStats(256, **kw), []
+    for b in batches:
+        before = (st.hist.copy(), st.count, st.n_zero, st.min, st.max, st.mean, st.m2, st.width)
+        try:
+            st.update(b)
+            log.append("ok")
+        except NonFiniteValues as e:
+            log.append(e.kind)
+            after = (st.hist, st.count, st.n_zero, st.min, st.max, st.mean, st.m2, st.width)
+            np.testing.assert_array_equal(after[0], before[0])
+            assert after[1:] == before[1:] or np.isnan(st.mean)      # state unchanged (mean NaN: not kept)
+    monkeypatch.delenv("TPU_CAL_NO_NATIVE", raising=False)
+    return st, log
+
+
+@pytest.mark.parametrize("kw", [dict(moments=False, mean_std=False), dict(moments=False), dict(moments=True)])
+def test_one_pass_update_matches_numpy(monkeypatch, kw):
+    """TensorStats.update's one-pass native way (range already set, batches of at least 32 values a bin; halves on
+    two threads from 1 Mi values) against the numpy path: in range, beyond it (the range grows), NaN and Inf
+    (reported, state unchanged), all zeros, signed zeros, a value exactly at the range's end."""
+    _lib()
+    rng = np.random.default_rng(17)
+    g = lambda n, s=1.0: (rng.standard_normal(n) * s).astype(np.float32)
+    big = g(1_300_000)
+    nan = g(40_000)
+    nan[12_345] = np.nan
+    inf = g(40_000)
+    inf[-1] = -np.inf
+    edge = g(40_000, 0.1)
+    zeros = np.zeros(50_000, np.float32)
+    zeros[::2] = -0.0
+    batches = [g(1000, 3), g(40_000), g(40_000, 9), big, big * 7, nan, inf, zeros, edge, g(2_500_001, 0.5)]
+    edge[7] = 64.0       # the range after the batches above is a power of two: 64 is exactly at its end
+    a, la = _stats_run(batches, False, monkeypatch, **kw)
+    b, lb = _stats_run(batches, True, monkeypatch, **kw)
+    assert la == lb == ["ok"] * 5 + ["NaN", "Inf"] + ["ok"] * 3
+    np.testing.assert_array_equal(a.hist, b.hist)
+    assert (a.count, a.n_zero, a.min, a.max, a.width) == (b.count, b.n_zero, b.min, b.max, b.width)
+    if kw.get("mean_std", True):
+        assert a.mean == pytest.approx(b.mean, rel=1e-12, abs=1e-15)
+        assert a.m2 == pytest.approx(b.m2, rel=1e-12)
+    if kw.get("moments"):
+        assert a.m3 == pytest.approx(b.m3, rel=1e-9, abs=1e-6)
+        assert a.m4 == pytest.approx(b.m4, rel=1e-12)

@@ -137,6 +137,8 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.tc_minmax.restype = ctypes.c_int
     lib.tc_accumulate.argtypes = [p, i64, i64, ctypes.c_int, p, p, p, ctypes.c_int32, ctypes.c_float]
     lib.tc_accumulate.restype = None
+    lib.tc_update.argtypes = [p, i64, i64, ctypes.c_int, p, p, p, ctypes.c_int32, ctypes.c_float, p]
+    lib.tc_update.restype = ctypes.c_int
     lib.tc_dwconv2d.argtypes = [p, p, p, p] + [i64] * 15
     lib.tc_dwconv2d.restype = None
     return lib

@@ -195,17 +195,33 @@ static void merge(int64_t *count, double *mom, int64_t nbi, double mb, double m2
     *count += nbi;
 }
 
-/* Adds x[0..n) to the statistics, `chunk` values at a time (as the numpy path cuts them).
- * moments: 0 none, 2 mean and M2, 4 mean and M2..M4; count[0] values in the moments, count[1] exact zeros
- * (both only with moments); mom: mean, M2, M3, M4. hist: 2 * side counts, or NULL for no histogram. */
-void tc_accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_t *count, double *mom,
-                   int64_t *hist, int32_t side, float scale)
+/* min and max of x[0..m) into lo, hi (running); returns nonzero if x holds a NaN */
+static int block_bounds(const float *x, int64_t m, float *lo, float *hi)
+{
+    float b[2];
+    int nan = tc_minmax(x, m, b);
+    *lo = b[0] < *lo ? b[0] : *lo;
+    *hi = b[1] > *hi ? b[1] : *hi;
+    return nan;
+}
+
+/* The loop of tc_accumulate and tc_update. check: the bounds of each block are taken first (the block then
+ * comes from L1 for the rest); a NaN, or a value outside the histogram (|x| * scale > side, the test
+ * TensorStats._ensure_range makes, in double), stops it and returns 1 with nothing changed. Otherwise returns 0;
+ * bounds (check only) = min, max of x. */
+static int accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_t *count_io, double *mom_io,
+                      int64_t *hist, int32_t side, float scale, int check, float *bounds)
 {
     int32_t idx[BLOCK];
-    int64_t start, s, m, b, i, flushed = 0;
+    int64_t start, s, m, b, i, flushed = 0, count[2] = {count_io[0], count_io[1]};
+    double mom[4] = {mom_io[0], mom_io[1], mom_io[2], mom_io[3]};
+    const double limit = (double)side;
+    float lo = HUGE_VALF, hi = -HUGE_VALF;
     /* sub-histograms pay for their allocation from about 16 values a bin; without one (small input, or no
-     * memory) the counts go straight into hist */
-    uint32_t *w = hist && n >= 32 * (int64_t)side ? calloc((size_t)side * 2 * LANES, sizeof *w) : NULL;
+     * memory) the counts go straight into hist (never when checking: hist changes only once all is done) */
+    uint32_t *w = hist && (check || n >= 32 * (int64_t)side) ? calloc((size_t)side * 2 * LANES, sizeof *w) : NULL;
+    if (check && !w)
+        return 1;
     for (start = 0; start < n; start += chunk) {
         const float *c = x + start;
         double k = mom[0], sum[4] = {0, 0, 0, 0};
@@ -219,6 +235,11 @@ void tc_accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_
         }
         for (s = 0; s < m; s += BLOCK) {
             b = m - s < BLOCK ? m - s : BLOCK;
+            if (check && (block_bounds(c + s, b, &lo, &hi) || -(double)lo * scale > limit
+                          || (double)hi * scale > limit)) {
+                free(w);
+                return 1;
+            }
             if (moments) {
                 sums(c + s, b, k, moments > 2, sum);
                 count[1] += zeros(c + s, b);
@@ -226,13 +247,16 @@ void tc_accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_
             if (hist) {
                 bin_index(c + s, b, scale, side, idx);
                 i = 0;
-                if (w)
+                if (w) {
                     for (; i + LANES <= b; i += LANES) {
                         w[idx[i]]++;
                         w[idx[i + 1] + 2 * side]++;
                         w[idx[i + 2] + 4 * side]++;
                         w[idx[i + 3] + 6 * side]++;
                     }
+                    for (; i < b; i++)
+                        w[idx[i]]++;
+                }
                 for (; i < b; i++)
                     hist[idx[i]]++;
             }
@@ -247,7 +271,8 @@ void tc_accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_
             }
             merge(count, mom, m, k + u, cm2, cm3, cm4);
         }
-        if (w && start + m - flushed >= (int64_t)1 << 31) {   /* flush before a uint32 count can wrap */
+        /* flush before a uint32 count can wrap (a checked call's caller keeps n below 2^31: no flush before the end) */
+        if (w && !check && start + m - flushed >= (int64_t)1 << 31) {
             flush(w, hist, side);
             flushed = start + m;
         }
@@ -256,4 +281,33 @@ void tc_accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_
         flush(w, hist, side);
         free(w);
     }
+    if (moments) {
+        count_io[0] = count[0];
+        count_io[1] = count[1];
+        memcpy(mom_io, mom, sizeof mom);
+    }
+    if (check) {
+        bounds[0] = lo;
+        bounds[1] = hi;
+    }
+    return 0;
+}
+
+/* Adds x[0..n) to the statistics, `chunk` values at a time (as the numpy path cuts them).
+ * moments: 0 none, 2 mean and M2, 4 mean and M2..M4; count[0] values in the moments, count[1] exact zeros
+ * (both only with moments); mom: mean, M2, M3, M4. hist: 2 * side counts, or NULL for no histogram. */
+void tc_accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_t *count, double *mom,
+                   int64_t *hist, int32_t side, float scale)
+{
+    accumulate(x, n, chunk, moments, count, mom, hist, side, scale, 0, NULL);
+}
+
+/* tc_accumulate in one pass with tc_minmax, for a histogram whose range is already set (hist required, n below
+ * 2^31): returns 0 with the statistics added and bounds = min, max of x; or 1, with nothing changed, where x
+ * holds a NaN or a value beyond the range (the caller then takes the two-pass way, which grows the range or
+ * reports the value). Saves the separate bounds pass over memory. */
+int tc_update(const float *x, int64_t n, int64_t chunk, int moments, int64_t *count, double *mom, int64_t *hist,
+              int32_t side, float scale, float *bounds)
+{
+    return accumulate(x, n, chunk, moments, count, mom, hist, side, scale, 1, bounds);
 }
