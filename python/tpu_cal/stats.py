@@ -491,6 +491,10 @@ class StatsCollector(Listener):
     from the inputs' batch size, from 0, restarting at each pass).
     """
 
+    # after_op reads an operand only to ask whether it holds an Inf the output holds too; the ops that run in
+    # place (relu, clip) cannot make an Inf from finite values, so an operand holding their output answers alike
+    after_op_reads_inputs = False
+
     def __init__(self, bins: int = 2048, *, two_pass: bool = False, moments: bool = True, mean_std: bool = True,
                  oversample: int = 2, names: Iterable[str] | None = None):
         self.bins = bins

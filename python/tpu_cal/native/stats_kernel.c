@@ -1,5 +1,7 @@
-/* Statistics kernels for tpu_cal.stats.TensorStats: C99 with the GCC/Clang vector extension (128-bit vectors:
- * SSE2 on x86-64, NEON on AArch64, scalar code where there are none); no Python headers, loaded with ctypes.
+/* Statistics kernels for tpu_cal.stats.TensorStats: C99 with the GCC/Clang vector extension (the build's width:
+ * 512 or 256 bits with AVX-512 / AVX, else 128: SSE2 on x86-64, NEON on AArch64, scalar code where there are
+ * none; the moment sums keep 128-bit double vectors, so their order of additions, and bits, are the same in
+ * every build); no Python headers, loaded with ctypes.
  *
  * Every result is the one the numpy path of stats.py computes:
  *  - tc_minmax: min and max of a float32 buffer and whether it holds a NaN;
@@ -8,60 +10,78 @@
  *    histogram: bin floor(float32(x) * scale) + side, with x == R in the last bin.
  * Bin indices come from the same float32 product and floor as numpy's, so histograms are bit-identical;
  * moments differ from numpy's only by the order of the double additions (~1e-15 relative).
- * Built with -std=c99 -O3 and no target or fast-math flags: IEEE products, no FMA contraction.
+ * Built with -std=c99 -O3 -ffp-contract=off and no fast-math: IEEE products, no FMA contraction.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef float v4f __attribute__((vector_size(16)));
-typedef int32_t v4i __attribute__((vector_size(16)));
+#if defined(__AVX512F__)
+#define VL 16
+#elif defined(__AVX__)
+#define VL 8
+#else
+#define VL 4
+#endif
+
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(VL * sizeof(float))));
 typedef double v2d __attribute__((vector_size(16)));
 
 #define BLOCK 2048   /* values per block: read from memory once, then from L1 by each loop below */
 #define LANES 4      /* sub-histograms: a run of values in one bin (the zeros after a ReLU) makes LANES
                         independent increment chains instead of one that waits on its own stores */
 
-static v4f load4(const float *p)
+static vf loadv(const float *p)
 {
-    v4f v;
+    vf v;
     memcpy(&v, p, sizeof v);     /* unaligned load */
     return v;
 }
 
-/* min4(a, b) = a < b ? a : b and max4(a, b) = a > b ? a : b, lane by lane (b where a is NaN): SSE's minps and
- * maxps are exactly that; elsewhere a bitwise select */
-#if defined(__SSE__)
+static vf splat(float x) { return (vf){0} + x; }
+
+/* vmin(a, b) = a < b ? a : b and vmax(a, b) = a > b ? a : b, lane by lane (b where a is NaN): SSE's minps and
+ * maxps (and their AVX forms) are exactly that; elsewhere a bitwise select */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static vf vmin(vf a, vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)b); }
+static vf vmax(vf a, vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }
+#elif defined(__AVX__)
+#include <immintrin.h>
+static vf vmin(vf a, vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)b); }
+static vf vmax(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
+#elif defined(__SSE__)
 #include <xmmintrin.h>
-static v4f min4(v4f a, v4f b) { return (v4f)_mm_min_ps((__m128)a, (__m128)b); }
-static v4f max4(v4f a, v4f b) { return (v4f)_mm_max_ps((__m128)a, (__m128)b); }
+static vf vmin(vf a, vf b) { return (vf)_mm_min_ps((__m128)a, (__m128)b); }
+static vf vmax(vf a, vf b) { return (vf)_mm_max_ps((__m128)a, (__m128)b); }
 #else
-static v4f select4(v4i mask, v4f a, v4f b) { return (v4f)(((v4i)a & mask) | ((v4i)b & ~mask)); }
-static v4f min4(v4f a, v4f b) { return select4(a < b, a, b); }
-static v4f max4(v4f a, v4f b) { return select4(a > b, a, b); }
+static vf vselect(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
+static vf vmin(vf a, vf b) { return vselect(a < b, a, b); }
+static vf vmax(vf a, vf b) { return vselect(a > b, a, b); }
 #endif
 
 /* out[0], out[1] = min and max of x[0..n) ignoring NaN (+inf, -inf when n == 0); returns 1 if x holds a NaN */
 int tc_minmax(const float *x, int64_t n, float *out)
 {
     const float inf = HUGE_VALF;
-    v4f lo0 = {inf, inf, inf, inf}, lo1 = lo0, hi0 = -lo0, hi1 = -lo0;
-    v4i nan = {0, 0, 0, 0};
+    vf lo0 = splat(inf), lo1 = lo0, hi0 = -lo0, hi1 = -lo0;
+    vi nan = {0};
     float lo = inf, hi = -inf;
     int64_t i = 0;
     int j;
-    for (; i + 8 <= n; i += 8) {        /* two accumulators per bound: independent compare chains */
-        v4f a = load4(x + i), b = load4(x + i + 4);
-        lo0 = min4(a, lo0);
-        hi0 = max4(a, hi0);
-        lo1 = min4(b, lo1);
-        hi1 = max4(b, hi1);
+    for (; i + 2 * VL <= n; i += 2 * VL) {    /* two accumulators per bound: independent compare chains */
+        vf a = loadv(x + i), b = loadv(x + i + VL);
+        lo0 = vmin(a, lo0);
+        hi0 = vmax(a, hi0);
+        lo1 = vmin(b, lo1);
+        hi1 = vmax(b, hi1);
         nan |= (a != a) | (b != b);
     }
-    lo0 = min4(lo1, lo0);
-    hi0 = max4(hi1, hi0);
-    for (j = 0; j < 4; j++) {
+    lo0 = vmin(lo1, lo0);
+    hi0 = vmax(hi1, hi0);
+    for (j = 0; j < VL; j++) {
         lo = lo0[j] < lo ? lo0[j] : lo;
         hi = hi0[j] > hi ? hi0[j] : hi;
         nan[0] |= nan[j];
@@ -117,12 +137,13 @@ static void sums(const float *x, int64_t m, double k, int higher, double *s)
 /* number of exact zeros (+0 and -0) in x[0..m) */
 static int64_t zeros(const float *x, int64_t m)
 {
-    const v4f zero = {0, 0, 0, 0};
-    v4i z = {0, 0, 0, 0};
-    int64_t i = 0, n;
-    for (; i + 4 <= m; i += 4)
-        z -= load4(x + i) == zero;      /* a true lane is -1 */
-    n = (int64_t)z[0] + z[1] + z[2] + z[3];
+    vi z = {0};
+    int64_t i = 0, n = 0;
+    int j;
+    for (; i + VL <= m; i += VL)
+        z -= loadv(x + i) == splat(0);  /* a true lane is -1 */
+    for (j = 0; j < VL; j++)
+        n += z[j];
     for (; i < m; i++)
         n += x[i] == 0.0f;
     return n;
@@ -139,15 +160,15 @@ static void bin_index(const float *x, int64_t m, float scale, int32_t side, int3
     memcpy(&bits, &top, sizeof bits);
     bits--;                                  /* the largest float below side (side > 0) */
     memcpy(&top, &bits, sizeof top);
-    const v4f vs = {scale, scale, scale, scale}, vt = {top, top, top, top}, vb = {bottom, bottom, bottom, bottom};
-    const v4i vside = {side, side, side, side};
+    const vf vs = splat(scale), vt = splat(top), vb = splat(bottom);
+    const vi vside = (vi){0} + side;
     int64_t i = 0;
-    for (; i + 4 <= m; i += 4) {
-        v4f f = load4(x + i) * vs;
-        v4i t;
-        f = max4(min4(f, vt), vb);
-        t = __builtin_convertvector(f, v4i);            /* truncation toward zero ... */
-        t += __builtin_convertvector(t, v4f) > f;       /* ... minus one where that rounded up: floor */
+    for (; i + VL <= m; i += VL) {
+        vf f = loadv(x + i) * vs;
+        vi t;
+        f = vmax(vmin(f, vt), vb);
+        t = __builtin_convertvector(f, vi);             /* truncation toward zero ... */
+        t += __builtin_convertvector(t, vf) > f;        /* ... minus one where that rounded up: floor */
         t += vside;
         memcpy(idx + i, &t, sizeof t);
     }
