@@ -149,8 +149,12 @@ static int64_t zeros(const float *x, int64_t m)
     return n;
 }
 
-/* idx[i] = floor(x[i] * scale) + side, clamped to [0, 2 * side - 1] (x == R: the last bin) */
-static void bin_index(const float *x, int64_t m, float scale, int32_t side, int32_t *idx)
+/* idx[0..k) = floor(x[i] * scale) + side, clamped to [0, 2 * side - 1] (x == R: the last bin); returns k.
+ * squeeze (AVX-512 builds only): the values in bin `side` (zero's: half of a ReLU6 output) are left out of idx
+ * and counted in *squeezed, so the scatter is not a chain of increments of one counter. *in_zero_bin: how many
+ * values of x are in bin `side` (squeezed or not; where there is no squeezing, 0), for the caller's choice. */
+static int64_t bin_index(const float *x, int64_t m, float scale, int32_t side, int32_t *idx, int squeeze,
+                         int64_t *squeezed, int64_t *in_zero_bin)
 {
     /* clamping the product below `side` puts x == R in the last bin; a range covering x never needs the
      * rest of the clamp, which keeps the indices in the histogram whatever the input (NaN included) */
@@ -162,7 +166,10 @@ static void bin_index(const float *x, int64_t m, float scale, int32_t side, int3
     memcpy(&top, &bits, sizeof top);
     const vf vs = splat(scale), vt = splat(top), vb = splat(bottom);
     const vi vside = (vi){0} + side;
-    int64_t i = 0;
+    vi zc = {0};
+    int64_t i = 0, k = 0, z = 0;
+    int j;
+    (void)squeeze;                           /* unused without AVX-512 */
     for (; i + VL <= m; i += VL) {
         vf f = loadv(x + i) * vs;
         vi t;
@@ -170,8 +177,23 @@ static void bin_index(const float *x, int64_t m, float scale, int32_t side, int3
         t = __builtin_convertvector(f, vi);             /* truncation toward zero ... */
         t += __builtin_convertvector(t, vf) > f;        /* ... minus one where that rounded up: floor */
         t += vside;
-        memcpy(idx + i, &t, sizeof t);
+#if defined(__AVX512F__)
+        if (squeeze) {
+            const __mmask16 keep = _mm512_cmpneq_epi32_mask((__m512i)t, (__m512i)vside);
+            _mm512_storeu_si512(idx + k, _mm512_maskz_compress_epi32(keep, (__m512i)t));  /* idx has VL spare */
+            k += __builtin_popcount(keep);
+            z += VL - __builtin_popcount(keep);
+            continue;
+        }
+        zc -= t == vside;                               /* a true lane is -1 */
+#endif
+        memcpy(idx + k, &t, sizeof t);
+        k += VL;
     }
+    *squeezed = z;
+    for (j = 0; j < VL; j++)
+        z += zc[j];
+    *in_zero_bin = z;
     for (; i < m; i++) {
         float f = x[i] * scale;
         int32_t t;
@@ -179,18 +201,19 @@ static void bin_index(const float *x, int64_t m, float scale, int32_t side, int3
         f = f > bottom ? f : bottom;
         t = (int32_t)f;
         t -= (float)t > f;
-        idx[i] = t + side;
+        idx[k++] = t + side;
     }
+    return k;
 }
 
 /* hist += the LANES sub-histograms (one after the other in w), which are then cleared */
 static void flush(uint32_t *w, int64_t *hist, int32_t side)
 {
-    int64_t b, bins = 2 * (int64_t)side;
-    for (b = 0; b < bins * LANES; b++) {
-        hist[b % bins] += w[b];
-        w[b] = 0;
-    }
+    int64_t b, l, bins = 2 * (int64_t)side;
+    for (l = 0; l < LANES; l++)          /* lane by lane: a plain loop the compiler vectorizes */
+        for (b = 0; b < bins; b++)
+            hist[b] += w[l * bins + b];
+    memset(w, 0, (size_t)(bins * LANES) * sizeof *w);
 }
 
 /* Chan/Pebay merge of a chunk (nb values, mean mb, central sums m2b..m4b) into (count, mom = mean, M2, M3,
@@ -233,7 +256,8 @@ static int block_bounds(const float *x, int64_t m, float *lo, float *hi)
 static int accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_t *count_io, double *mom_io,
                       int64_t *hist, int32_t side, float scale, int check, float *bounds)
 {
-    int32_t idx[BLOCK];
+    int32_t idx[BLOCK + VL];
+    int squeeze = 0;                        /* the previous block had many values in zero's bin */
     int64_t start, s, m, b, i, flushed = 0, count[2] = {count_io[0], count_io[1]};
     double mom[4] = {mom_io[0], mom_io[1], mom_io[2], mom_io[3]};
     const double limit = (double)side;
@@ -266,7 +290,14 @@ static int accumulate(const float *x, int64_t n, int64_t chunk, int moments, int
                 count[1] += zeros(c + s, b);
             }
             if (hist) {
-                bin_index(c + s, b, scale, side, idx);
+                int64_t squeezed, in_zero;
+                const int64_t nb = b;
+                b = bin_index(c + s, nb, scale, side, idx, squeeze, &squeezed, &in_zero);
+                squeeze = in_zero * 8 > nb;     /* squeezing pays from about 1 value in 8 in zero's bin */
+                if (w)
+                    w[side] += (uint32_t)squeezed;
+                else
+                    hist[side] += squeezed;
                 i = 0;
                 if (w) {
                     for (; i + LANES <= b; i += LANES) {
