@@ -80,6 +80,7 @@ def main(argv=None):
     if a.per_op:
         class Timer(Listener):
             """Per op: the fastest of the runs (background load only ever adds time)."""
+            after_op_reads_inputs = False      # reads no operand: ops may run in place, as without it
 
             def __init__(self):
                 self.best: dict[str, float] = {}

@@ -138,6 +138,9 @@ class TensorStats:
         lib = native.stats_library() if flat.dtype == np.float32 and self.side <= 1 << 24 else None
         if lib is not None:
             flat = np.ascontiguousarray(flat)
+            if self._collect_hist and self._scale > 0 and 32 * self.side <= flat.size < 1 << 31 \
+                    and self._update_native_one_pass(lib, flat):
+                return
             bounds = (ctypes.c_float * 2)()
             nan = bool(lib.tc_minmax(flat.ctypes.data, flat.size, bounds))
             lo, hi = bounds
@@ -182,6 +185,54 @@ class TensorStats:
             self._merge_moments(other.count, other.mean, other.m2, other.m3, other.m4)
         elif do_m:
             self.count += other.count
+
+    def _update_native_one_pass(self, lib, flat: np.ndarray) -> bool:
+        """`update` in one pass over memory (tc_update: the bounds taken block by block in cache, with the bins)
+        where the histogram's range already covers the batch: the same results as the two passes, halves and
+        merges included. False, with nothing changed, where the batch holds a NaN or a value beyond the range:
+        then the two-pass way grows the range or reports the value."""
+        do_m = self._collect_moments
+        moments = (4 if self.higher_moments else 2) if do_m and self.mean_std else 0
+        if flat.size < SPLIT:
+            parts = [(flat, (self.count, self.n_zero), (self.mean, self.m2, self.m3, self.m4), self.hist)]
+        else:       # the halves and states of the two-pass way; the histograms are added once both succeeded
+            cut = flat.size // (2 * CHUNK) * CHUNK
+            parts = [(flat[:cut], (self.count, self.n_zero), (self.mean, self.m2, self.m3, self.m4),
+                      np.zeros_like(self.hist)),
+                     (flat[cut:], (0, 0), (0.0 if self.mean_std else math.nan, 0.0, 0.0, 0.0), np.zeros_like(self.hist))]
+        runs = [((ctypes.c_int64 * 2)(*c), (ctypes.c_double * 4)(*m), (ctypes.c_float * 2)(), [1]) for _, c, m, _ in parts]
+
+        def run(k):
+            part, (counts, mom, bounds, rc) = parts[k], runs[k]
+            rc[0] = lib.tc_update(part[0].ctypes.data, part[0].size, CHUNK, moments, counts, mom,
+                                  part[3].ctypes.data, self.side, self._scale, bounds)
+
+        if len(parts) == 1:
+            run(0)
+        else:
+            from .interp.kernels.nn import _parallel
+            _parallel(run, [0, 1])
+        if any(r[3][0] for r in runs):
+            return False
+        if do_m:
+            lo = min(float(r[2][0]) for r in runs) + 0.0      # + 0.0: no "-0" (as in update)
+            hi = max(float(r[2][1]) for r in runs) + 0.0
+            self.min = min(self.min, lo)
+            self.max = max(self.max, hi)
+            if moments:
+                counts, mom = runs[0][0], runs[0][1]
+                self.count, self.n_zero = counts[0], counts[1]
+                self.mean, self.m2, self.m3, self.m4 = mom
+                if len(runs) == 2:
+                    counts, mom = runs[1][0], runs[1][1]
+                    self.n_zero += counts[1]
+                    self._merge_moments(counts[0], mom[0], mom[1], mom[2], mom[3])
+            else:
+                self.count += flat.size
+        if len(parts) == 2:
+            self.hist += parts[0][3]
+            self.hist += parts[1][3]
+        return True
 
     def _accumulate(self, lib, flat: np.ndarray, do_m: bool, do_h: bool) -> None:
         """Moments, zeros and histogram bins of `flat` (its range already covered), chunk by chunk."""
@@ -439,6 +490,10 @@ class StatsCollector(Listener):
     `set_samples(first, count)` tells the collector which samples the next run holds (otherwise it counts them
     from the inputs' batch size, from 0, restarting at each pass).
     """
+
+    # after_op reads an operand only to ask whether it holds an Inf the output holds too; the ops that run in
+    # place (relu, clip) cannot make an Inf from finite values, so an operand holding their output answers alike
+    after_op_reads_inputs = False
 
     def __init__(self, bins: int = 2048, *, two_pass: bool = False, moments: bool = True, mean_std: bool = True,
                  oversample: int = 2, names: Iterable[str] | None = None):

@@ -8,9 +8,17 @@ runs instead (the `tpu.*` precision dispatcher, kernels/tpu.py, reads its operan
 
 Listeners observe or replace values without forking the interpreter: statistics collectors, fake-quant and
 per-layer comparison are all listeners. Each tensor is freed after its last use unless a caller keeps it.
+
+In place: an op registered with `@impl_inplace` as well (relu, clip: a separate pass over a fresh array costs about
+three times one over a buffer already in cache and mapped) writes its result into its first operand when `run`
+can prove that nothing else sees that operand: it dies at this op, it is not kept, not a graph input or a weight,
+no other reference or view holds its memory (reference counts, measured against a probe that takes the same
+path, so the test does not depend on the Python version), and every listener says its `after_op` does not read
+the operands' values (`Listener.after_op_reads_inputs`). The values are those of the ordinary kernel, bit for bit.
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable, Iterable
 
 import numpy as np
@@ -33,8 +41,56 @@ def impl(*op_names: str):
     return deco
 
 
+INPLACE: dict[str, Callable] = {}
+
+
+def impl_inplace(*op_names: str):
+    """Registers a variant of an op's kernel, called as `kernel(node, x, *rest, shape=...)`, that writes the result
+    into `x` (float, the node's dtype and shape) and returns it; the interpreter calls it only on an operand that
+    nothing else can see (module docstring)."""
+    def deco(fn):
+        for n in op_names:
+            if n in INPLACE:
+                raise RuntimeError(f"two in-place kernels for {n}")
+            INPLACE[n] = fn
+        return fn
+    return deco
+
+
+def _ref_counts(env: dict, name: str) -> tuple[int, int]:
+    """(references to env[name], the most references to any array in its chain of bases), counted the same way
+    for the probe and for real operands."""
+    a = env[name]
+    top, chain = sys.getrefcount(a), 0
+    b = a.base if isinstance(a, np.ndarray) else None
+    while b is not None:
+        if not isinstance(b, np.ndarray):       # memory of another object (a buffer, a mapped file): never ours
+            return top, 1 << 30
+        chain = max(chain, sys.getrefcount(b))
+        b = b.base
+    return top, chain
+
+
+def _probe_counts() -> tuple[int, int]:
+    """`_ref_counts` of an operand that only the interpreter holds: one entry in env, one in the args list, and a
+    view of a base that nothing else holds (conv outputs are reshaped views)."""
+    env = {"x": np.empty(8, np.float32).reshape(2, 4)}
+    args = [env["x"]]
+    counts = _ref_counts(env, "x")
+    del args
+    return counts
+
+
+_SOLE = _probe_counts()
+
+
 class Listener:
-    """Hooks around each op. `after_op` may return a replacement for the output (e.g. fake-quantized)."""
+    """Hooks around each op. `after_op` may return a replacement for the output (e.g. fake-quantized).
+
+    after_op_reads_inputs: whether `after_op` reads its operands' values (the default, which is always safe).
+    False lets ops run in place (module docstring): an operand handed to after_op may then hold the output."""
+
+    after_op_reads_inputs = True
 
     def before_run(self, graph: Graph, feeds: dict[str, np.ndarray]): ...
     def before_op(self, node: Node, inputs: list): ...
@@ -71,6 +127,11 @@ class Interpreter:
                     bound[id(k)] = k.bind(graph)
                 k = bound[id(k)]
             self._kernels[n.op] = k
+        # in-place variants, used only where every listener leaves the operands alone after the op
+        self._inplace = {} if any(ls.after_op_reads_inputs for ls in self.listeners) else \
+            {op: INPLACE[op] for op in self._kernels if op in INPLACE}
+        # graph inputs (the caller's arrays) and weights (the graph's) are never written
+        self._not_ours = {n.name for n in graph.nodes if n.op in ("top.input", "top.weight", "top.none")}
         # last use of each value, so tensors are freed as soon as nothing needs them
         self._last_use: dict[str, int] = {}
         for k, n in enumerate(graph.nodes):
@@ -105,6 +166,8 @@ class Interpreter:
                 ls.before_op(n, args)
             if n.op == "top.weight":
                 out = g.weights[n.attrs["name"]]
+            elif n.op in self._inplace and not keep_all and self._donated(n, k, env, keep, self._shape(n, batch)):
+                out = self._inplace[n.op](n, *args, shape=self._shape(n, batch))
             else:
                 out = self._compute(n, args, batch)
             for ls in self.listeners:
@@ -112,6 +175,7 @@ class Interpreter:
                 if rep is not None:
                     out = rep
             env[n.name] = out
+            out = rep = None        # no stray reference: the in-place test counts them
             if not keep_all:
                 for i in set(n.inputs):
                     if i is not None and self._last_use.get(i) == k and i not in keep:
@@ -157,10 +221,28 @@ class Interpreter:
                 env.pop(n.name, None)
         return {name: env[name] for name in keep if name in env}
 
+    @staticmethod
+    def _shape(n: Node, batch: int) -> tuple:
+        return tuple(n.shape if batch == 1 or not n.shape else (n.shape[0] * batch,) + tuple(n.shape[1:]))
+
     def _compute(self, n: Node, args: list, batch: int):
         """The op's kernel on `args`, for a batch of `batch` times the module's declared batch."""
-        shape = n.shape if batch == 1 or not n.shape else (n.shape[0] * batch,) + tuple(n.shape[1:])
-        return self._kernels[n.op](n, *args, shape=tuple(shape))
+        return self._kernels[n.op](n, *args, shape=self._shape(n, batch))
+
+    def _donated(self, n: Node, k: int, env: dict, keep: set, shape: tuple) -> bool:
+        """Whether op `n` (the k-th, result of `shape`) may write into its first operand: the module docstring's
+        conditions."""
+        src = n.inputs[0] if n.inputs else None
+        if src is None or src in self._not_ours or src in keep or self._last_use.get(src) != k \
+                or n.inputs.count(src) != 1:
+            return False
+        a = env[src]
+        if type(a) is not np.ndarray or a.dtype != np.dtype(n.dtype) or a.dtype.kind != "f" \
+                or not a.flags.writeable or a.shape != shape:
+            return False
+        del a
+        top, chain = _ref_counts(env, src)
+        return top <= _SOLE[0] and chain <= _SOLE[1]
 
     def _batch_factor(self, feeds) -> int:
         factors = set()

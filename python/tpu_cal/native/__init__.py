@@ -2,9 +2,15 @@
 convolution of the interpreter), compiled together on first use with the system C compiler and loaded with ctypes.
 
 The shared library goes to the cache folder (``tpu_cal.zoo.cache_dir("native")``), named by a hash of the sources,
-the compiler and the flags, so an edited source gets a fresh build. Each build writes a temporary file of its own
-and renames it into place, so processes building at the same time never see a partial file. Flags are ``-O3``
-without target options: the library runs on any machine of the architecture (128-bit vectors).
+the compiler, the flags and, for a build tuned to this CPU, the CPU's instruction-set features, so an edited source
+gets a fresh build and a cache shared between machines never loads a library built for instructions the CPU
+lacks. Each build writes a temporary file of its own and renames it into place, so processes building at the same
+time never see a partial file.
+
+Flags: ``-O3 -ffp-contract=off`` plus ``-march=native`` where the CPU's features are known (/proc/cpuinfo) and the
+compiler accepts it (AVX2 / AVX-512 vectors on x86-64: the kernels pick their vector width at compile time);
+otherwise, or with TPU_CAL_NATIVE_PORTABLE=1, the portable flags alone (128-bit vectors, any machine of the
+architecture). No FMA contraction and no fast-math in either: every build gives the same bits.
 
 `stats_library()` (the same library under its first name) returns the loaded library, or None when the numpy
 paths are to be used: TPU_CAL_NO_NATIVE=1 (set, not empty, not 0), or no compiler, or a failed build or load. A
@@ -24,7 +30,8 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = tuple(os.path.join(HERE, f) for f in ("stats_kernel.c", "conv_kernel.c"))
-FLAGS = ("-std=c99", "-O3", "-fPIC", "-shared")
+FLAGS = ("-std=c99", "-O3", "-ffp-contract=off", "-fPIC", "-shared")    # portable: any machine of the architecture
+TUNED = ("-march=native",)          # added where the CPU's features key the build (see `cpu_features`)
 
 # the loaded library; a str says why there is none (reported once); None: not tried yet
 _lib: ctypes.CDLL | str | None = None
@@ -45,8 +52,27 @@ def disabled() -> bool:
     return os.environ.get("TPU_CAL_NO_NATIVE", "") not in ("", "0")
 
 
-def _build() -> str:
-    """Path of the shared library in the cache folder, compiled first if it is not there yet."""
+def portable_only() -> bool:
+    return os.environ.get("TPU_CAL_NATIVE_PORTABLE", "") not in ("", "0")
+
+
+def cpu_features() -> str | None:
+    """This CPU's instruction-set features (the flags line of /proc/cpuinfo on x86, Features on ARM), sorted;
+    None where they cannot be read (then only the portable build is used)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() in ("flags", "Features") and value.split():
+                    return " ".join(sorted(value.split()))
+    except OSError:
+        pass
+    return None
+
+
+def _build(tuned: bool) -> str:
+    """Path of the shared library in the cache folder, compiled first if it is not there yet. tuned: with
+    `TUNED` flags, keyed by `cpu_features()` (the caller checks that they are known)."""
     from ..zoo import cache_dir
     cc = find_compiler()
     if cc is None:
@@ -55,8 +81,10 @@ def _build() -> str:
     for src in SOURCES:
         with open(src, "rb") as f:
             sources.append(f.read())
-    key = hashlib.sha256(b"\0".join([*sources, cc.encode(), " ".join(FLAGS).encode(),
-                                     platform.machine().encode(), platform.system().encode()]))
+    flags = FLAGS + TUNED if tuned else FLAGS
+    cpu = (cpu_features() or "").encode() if tuned else b""
+    key = hashlib.sha256(b"\0".join([*sources, cc.encode(), " ".join(flags).encode(),
+                                     platform.machine().encode(), platform.system().encode(), cpu]))
     folder = cache_dir("native")
     path = os.path.join(folder, f"tpu_cal_native-{key.hexdigest()[:16]}.so")
     if os.path.exists(path):
@@ -65,7 +93,7 @@ def _build() -> str:
     os.close(fd)
     try:
         try:
-            r = subprocess.run([cc, *FLAGS, "-o", tmp, *SOURCES], capture_output=True, text=True, timeout=300)
+            r = subprocess.run([cc, *flags, "-o", tmp, *SOURCES], capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as e:
             raise RuntimeError(f"cannot run {cc}: {e}") from None
         if r.returncode:
@@ -79,18 +107,38 @@ def _build() -> str:
     return path
 
 
+def _build_best() -> str:
+    """The tuned build where it can be had, else the portable one (a compiler that rejects -march=native, an
+    unknown CPU, TPU_CAL_NATIVE_PORTABLE=1)."""
+    if not portable_only() and cpu_features() is not None:
+        try:
+            return _build(tuned=True)
+        except RuntimeError as e:
+            if "no C compiler" in str(e):
+                raise
+    return _build(tuned=False)
+
+
 def _load() -> ctypes.CDLL:
-    path = _build()
+    path = _build_best()
     try:
         lib = ctypes.CDLL(path)
     except OSError:                    # a bad file left in the cache (not ours: ours are renamed whole): rebuild
         os.unlink(path)
-        lib = ctypes.CDLL(_build())
+        lib = ctypes.CDLL(_build_best())
+    return declare(lib)
+
+
+def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Sets the argument and result types of the kernels on a loaded library (also used by the tests, which load
+    the portable and the tuned build side by side)."""
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.tc_minmax.argtypes = [p, i64, p]
     lib.tc_minmax.restype = ctypes.c_int
     lib.tc_accumulate.argtypes = [p, i64, i64, ctypes.c_int, p, p, p, ctypes.c_int32, ctypes.c_float]
     lib.tc_accumulate.restype = None
+    lib.tc_update.argtypes = [p, i64, i64, ctypes.c_int, p, p, p, ctypes.c_int32, ctypes.c_float, p]
+    lib.tc_update.restype = ctypes.c_int
     lib.tc_dwconv2d.argtypes = [p, p, p, p] + [i64] * 15
     lib.tc_dwconv2d.restype = None
     return lib

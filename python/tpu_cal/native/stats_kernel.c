@@ -1,5 +1,7 @@
-/* Statistics kernels for tpu_cal.stats.TensorStats: C99 with the GCC/Clang vector extension (128-bit vectors:
- * SSE2 on x86-64, NEON on AArch64, scalar code where there are none); no Python headers, loaded with ctypes.
+/* Statistics kernels for tpu_cal.stats.TensorStats: C99 with the GCC/Clang vector extension (the build's width:
+ * 512 or 256 bits with AVX-512 / AVX, else 128: SSE2 on x86-64, NEON on AArch64, scalar code where there are
+ * none; the moment sums keep 128-bit double vectors, so their order of additions, and bits, are the same in
+ * every build); no Python headers, loaded with ctypes.
  *
  * Every result is the one the numpy path of stats.py computes:
  *  - tc_minmax: min and max of a float32 buffer and whether it holds a NaN;
@@ -8,60 +10,78 @@
  *    histogram: bin floor(float32(x) * scale) + side, with x == R in the last bin.
  * Bin indices come from the same float32 product and floor as numpy's, so histograms are bit-identical;
  * moments differ from numpy's only by the order of the double additions (~1e-15 relative).
- * Built with -std=c99 -O3 and no target or fast-math flags: IEEE products, no FMA contraction.
+ * Built with -std=c99 -O3 -ffp-contract=off and no fast-math: IEEE products, no FMA contraction.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef float v4f __attribute__((vector_size(16)));
-typedef int32_t v4i __attribute__((vector_size(16)));
+#if defined(__AVX512F__)
+#define VL 16
+#elif defined(__AVX__)
+#define VL 8
+#else
+#define VL 4
+#endif
+
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(VL * sizeof(float))));
 typedef double v2d __attribute__((vector_size(16)));
 
 #define BLOCK 2048   /* values per block: read from memory once, then from L1 by each loop below */
 #define LANES 4      /* sub-histograms: a run of values in one bin (the zeros after a ReLU) makes LANES
                         independent increment chains instead of one that waits on its own stores */
 
-static v4f load4(const float *p)
+static vf loadv(const float *p)
 {
-    v4f v;
+    vf v;
     memcpy(&v, p, sizeof v);     /* unaligned load */
     return v;
 }
 
-/* min4(a, b) = a < b ? a : b and max4(a, b) = a > b ? a : b, lane by lane (b where a is NaN): SSE's minps and
- * maxps are exactly that; elsewhere a bitwise select */
-#if defined(__SSE__)
+static vf splat(float x) { return (vf){0} + x; }
+
+/* vmin(a, b) = a < b ? a : b and vmax(a, b) = a > b ? a : b, lane by lane (b where a is NaN): SSE's minps and
+ * maxps (and their AVX forms) are exactly that; elsewhere a bitwise select */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static vf vmin(vf a, vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)b); }
+static vf vmax(vf a, vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }
+#elif defined(__AVX__)
+#include <immintrin.h>
+static vf vmin(vf a, vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)b); }
+static vf vmax(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
+#elif defined(__SSE__)
 #include <xmmintrin.h>
-static v4f min4(v4f a, v4f b) { return (v4f)_mm_min_ps((__m128)a, (__m128)b); }
-static v4f max4(v4f a, v4f b) { return (v4f)_mm_max_ps((__m128)a, (__m128)b); }
+static vf vmin(vf a, vf b) { return (vf)_mm_min_ps((__m128)a, (__m128)b); }
+static vf vmax(vf a, vf b) { return (vf)_mm_max_ps((__m128)a, (__m128)b); }
 #else
-static v4f select4(v4i mask, v4f a, v4f b) { return (v4f)(((v4i)a & mask) | ((v4i)b & ~mask)); }
-static v4f min4(v4f a, v4f b) { return select4(a < b, a, b); }
-static v4f max4(v4f a, v4f b) { return select4(a > b, a, b); }
+static vf vselect(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
+static vf vmin(vf a, vf b) { return vselect(a < b, a, b); }
+static vf vmax(vf a, vf b) { return vselect(a > b, a, b); }
 #endif
 
 /* out[0], out[1] = min and max of x[0..n) ignoring NaN (+inf, -inf when n == 0); returns 1 if x holds a NaN */
 int tc_minmax(const float *x, int64_t n, float *out)
 {
     const float inf = HUGE_VALF;
-    v4f lo0 = {inf, inf, inf, inf}, lo1 = lo0, hi0 = -lo0, hi1 = -lo0;
-    v4i nan = {0, 0, 0, 0};
+    vf lo0 = splat(inf), lo1 = lo0, hi0 = -lo0, hi1 = -lo0;
+    vi nan = {0};
     float lo = inf, hi = -inf;
     int64_t i = 0;
     int j;
-    for (; i + 8 <= n; i += 8) {        /* two accumulators per bound: independent compare chains */
-        v4f a = load4(x + i), b = load4(x + i + 4);
-        lo0 = min4(a, lo0);
-        hi0 = max4(a, hi0);
-        lo1 = min4(b, lo1);
-        hi1 = max4(b, hi1);
+    for (; i + 2 * VL <= n; i += 2 * VL) {    /* two accumulators per bound: independent compare chains */
+        vf a = loadv(x + i), b = loadv(x + i + VL);
+        lo0 = vmin(a, lo0);
+        hi0 = vmax(a, hi0);
+        lo1 = vmin(b, lo1);
+        hi1 = vmax(b, hi1);
         nan |= (a != a) | (b != b);
     }
-    lo0 = min4(lo1, lo0);
-    hi0 = max4(hi1, hi0);
-    for (j = 0; j < 4; j++) {
+    lo0 = vmin(lo1, lo0);
+    hi0 = vmax(hi1, hi0);
+    for (j = 0; j < VL; j++) {
         lo = lo0[j] < lo ? lo0[j] : lo;
         hi = hi0[j] > hi ? hi0[j] : hi;
         nan[0] |= nan[j];
@@ -117,19 +137,24 @@ static void sums(const float *x, int64_t m, double k, int higher, double *s)
 /* number of exact zeros (+0 and -0) in x[0..m) */
 static int64_t zeros(const float *x, int64_t m)
 {
-    const v4f zero = {0, 0, 0, 0};
-    v4i z = {0, 0, 0, 0};
-    int64_t i = 0, n;
-    for (; i + 4 <= m; i += 4)
-        z -= load4(x + i) == zero;      /* a true lane is -1 */
-    n = (int64_t)z[0] + z[1] + z[2] + z[3];
+    vi z = {0};
+    int64_t i = 0, n = 0;
+    int j;
+    for (; i + VL <= m; i += VL)
+        z -= loadv(x + i) == splat(0);  /* a true lane is -1 */
+    for (j = 0; j < VL; j++)
+        n += z[j];
     for (; i < m; i++)
         n += x[i] == 0.0f;
     return n;
 }
 
-/* idx[i] = floor(x[i] * scale) + side, clamped to [0, 2 * side - 1] (x == R: the last bin) */
-static void bin_index(const float *x, int64_t m, float scale, int32_t side, int32_t *idx)
+/* idx[0..k) = floor(x[i] * scale) + side, clamped to [0, 2 * side - 1] (x == R: the last bin); returns k.
+ * squeeze (AVX-512 builds only): the values in bin `side` (zero's: half of a ReLU6 output) are left out of idx
+ * and counted in *squeezed, so the scatter is not a chain of increments of one counter. *in_zero_bin: how many
+ * values of x are in bin `side` (squeezed or not; where there is no squeezing, 0), for the caller's choice. */
+static int64_t bin_index(const float *x, int64_t m, float scale, int32_t side, int32_t *idx, int squeeze,
+                         int64_t *squeezed, int64_t *in_zero_bin)
 {
     /* clamping the product below `side` puts x == R in the last bin; a range covering x never needs the
      * rest of the clamp, which keeps the indices in the histogram whatever the input (NaN included) */
@@ -139,18 +164,36 @@ static void bin_index(const float *x, int64_t m, float scale, int32_t side, int3
     memcpy(&bits, &top, sizeof bits);
     bits--;                                  /* the largest float below side (side > 0) */
     memcpy(&top, &bits, sizeof top);
-    const v4f vs = {scale, scale, scale, scale}, vt = {top, top, top, top}, vb = {bottom, bottom, bottom, bottom};
-    const v4i vside = {side, side, side, side};
-    int64_t i = 0;
-    for (; i + 4 <= m; i += 4) {
-        v4f f = load4(x + i) * vs;
-        v4i t;
-        f = max4(min4(f, vt), vb);
-        t = __builtin_convertvector(f, v4i);            /* truncation toward zero ... */
-        t += __builtin_convertvector(t, v4f) > f;       /* ... minus one where that rounded up: floor */
+    const vf vs = splat(scale), vt = splat(top), vb = splat(bottom);
+    const vi vside = (vi){0} + side;
+    vi zc = {0};
+    int64_t i = 0, k = 0, z = 0;
+    int j;
+    (void)squeeze;                           /* unused without AVX-512 */
+    for (; i + VL <= m; i += VL) {
+        vf f = loadv(x + i) * vs;
+        vi t;
+        f = vmax(vmin(f, vt), vb);
+        t = __builtin_convertvector(f, vi);             /* truncation toward zero ... */
+        t += __builtin_convertvector(t, vf) > f;        /* ... minus one where that rounded up: floor */
         t += vside;
-        memcpy(idx + i, &t, sizeof t);
+#if defined(__AVX512F__)
+        if (squeeze) {
+            const __mmask16 keep = _mm512_cmpneq_epi32_mask((__m512i)t, (__m512i)vside);
+            _mm512_storeu_si512(idx + k, _mm512_maskz_compress_epi32(keep, (__m512i)t));  /* idx has VL spare */
+            k += __builtin_popcount(keep);
+            z += VL - __builtin_popcount(keep);
+            continue;
+        }
+        zc -= t == vside;                               /* a true lane is -1 */
+#endif
+        memcpy(idx + k, &t, sizeof t);
+        k += VL;
     }
+    *squeezed = z;
+    for (j = 0; j < VL; j++)
+        z += zc[j];
+    *in_zero_bin = z;
     for (; i < m; i++) {
         float f = x[i] * scale;
         int32_t t;
@@ -158,18 +201,19 @@ static void bin_index(const float *x, int64_t m, float scale, int32_t side, int3
         f = f > bottom ? f : bottom;
         t = (int32_t)f;
         t -= (float)t > f;
-        idx[i] = t + side;
+        idx[k++] = t + side;
     }
+    return k;
 }
 
 /* hist += the LANES sub-histograms (one after the other in w), which are then cleared */
 static void flush(uint32_t *w, int64_t *hist, int32_t side)
 {
-    int64_t b, bins = 2 * (int64_t)side;
-    for (b = 0; b < bins * LANES; b++) {
-        hist[b % bins] += w[b];
-        w[b] = 0;
-    }
+    int64_t b, l, bins = 2 * (int64_t)side;
+    for (l = 0; l < LANES; l++)          /* lane by lane: a plain loop the compiler vectorizes */
+        for (b = 0; b < bins; b++)
+            hist[b] += w[l * bins + b];
+    memset(w, 0, (size_t)(bins * LANES) * sizeof *w);
 }
 
 /* Chan/Pebay merge of a chunk (nb values, mean mb, central sums m2b..m4b) into (count, mom = mean, M2, M3,
@@ -195,17 +239,34 @@ static void merge(int64_t *count, double *mom, int64_t nbi, double mb, double m2
     *count += nbi;
 }
 
-/* Adds x[0..n) to the statistics, `chunk` values at a time (as the numpy path cuts them).
- * moments: 0 none, 2 mean and M2, 4 mean and M2..M4; count[0] values in the moments, count[1] exact zeros
- * (both only with moments); mom: mean, M2, M3, M4. hist: 2 * side counts, or NULL for no histogram. */
-void tc_accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_t *count, double *mom,
-                   int64_t *hist, int32_t side, float scale)
+/* min and max of x[0..m) into lo, hi (running); returns nonzero if x holds a NaN */
+static int block_bounds(const float *x, int64_t m, float *lo, float *hi)
 {
-    int32_t idx[BLOCK];
-    int64_t start, s, m, b, i, flushed = 0;
+    float b[2];
+    int nan = tc_minmax(x, m, b);
+    *lo = b[0] < *lo ? b[0] : *lo;
+    *hi = b[1] > *hi ? b[1] : *hi;
+    return nan;
+}
+
+/* The loop of tc_accumulate and tc_update. check: the bounds of each block are taken first (the block then
+ * comes from L1 for the rest); a NaN, or a value outside the histogram (|x| * scale > side, the test
+ * TensorStats._ensure_range makes, in double), stops it and returns 1 with nothing changed. Otherwise returns 0;
+ * bounds (check only) = min, max of x. */
+static int accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_t *count_io, double *mom_io,
+                      int64_t *hist, int32_t side, float scale, int check, float *bounds)
+{
+    int32_t idx[BLOCK + VL];
+    int squeeze = 0;                        /* the previous block had many values in zero's bin */
+    int64_t start, s, m, b, i, flushed = 0, count[2] = {count_io[0], count_io[1]};
+    double mom[4] = {mom_io[0], mom_io[1], mom_io[2], mom_io[3]};
+    const double limit = (double)side;
+    float lo = HUGE_VALF, hi = -HUGE_VALF;
     /* sub-histograms pay for their allocation from about 16 values a bin; without one (small input, or no
-     * memory) the counts go straight into hist */
-    uint32_t *w = hist && n >= 32 * (int64_t)side ? calloc((size_t)side * 2 * LANES, sizeof *w) : NULL;
+     * memory) the counts go straight into hist (never when checking: hist changes only once all is done) */
+    uint32_t *w = hist && (check || n >= 32 * (int64_t)side) ? calloc((size_t)side * 2 * LANES, sizeof *w) : NULL;
+    if (check && !w)
+        return 1;
     for (start = 0; start < n; start += chunk) {
         const float *c = x + start;
         double k = mom[0], sum[4] = {0, 0, 0, 0};
@@ -219,20 +280,35 @@ void tc_accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_
         }
         for (s = 0; s < m; s += BLOCK) {
             b = m - s < BLOCK ? m - s : BLOCK;
+            if (check && (block_bounds(c + s, b, &lo, &hi) || -(double)lo * scale > limit
+                          || (double)hi * scale > limit)) {
+                free(w);
+                return 1;
+            }
             if (moments) {
                 sums(c + s, b, k, moments > 2, sum);
                 count[1] += zeros(c + s, b);
             }
             if (hist) {
-                bin_index(c + s, b, scale, side, idx);
-                i = 0;
+                int64_t squeezed, in_zero;
+                const int64_t nb = b;
+                b = bin_index(c + s, nb, scale, side, idx, squeeze, &squeezed, &in_zero);
+                squeeze = in_zero * 8 > nb;     /* squeezing pays from about 1 value in 8 in zero's bin */
                 if (w)
+                    w[side] += (uint32_t)squeezed;
+                else
+                    hist[side] += squeezed;
+                i = 0;
+                if (w) {
                     for (; i + LANES <= b; i += LANES) {
                         w[idx[i]]++;
                         w[idx[i + 1] + 2 * side]++;
                         w[idx[i + 2] + 4 * side]++;
                         w[idx[i + 3] + 6 * side]++;
                     }
+                    for (; i < b; i++)
+                        w[idx[i]]++;
+                }
                 for (; i < b; i++)
                     hist[idx[i]]++;
             }
@@ -247,7 +323,8 @@ void tc_accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_
             }
             merge(count, mom, m, k + u, cm2, cm3, cm4);
         }
-        if (w && start + m - flushed >= (int64_t)1 << 31) {   /* flush before a uint32 count can wrap */
+        /* flush before a uint32 count can wrap (a checked call's caller keeps n below 2^31: no flush before the end) */
+        if (w && !check && start + m - flushed >= (int64_t)1 << 31) {
             flush(w, hist, side);
             flushed = start + m;
         }
@@ -256,4 +333,33 @@ void tc_accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_
         flush(w, hist, side);
         free(w);
     }
+    if (moments) {
+        count_io[0] = count[0];
+        count_io[1] = count[1];
+        memcpy(mom_io, mom, sizeof mom);
+    }
+    if (check) {
+        bounds[0] = lo;
+        bounds[1] = hi;
+    }
+    return 0;
+}
+
+/* Adds x[0..n) to the statistics, `chunk` values at a time (as the numpy path cuts them).
+ * moments: 0 none, 2 mean and M2, 4 mean and M2..M4; count[0] values in the moments, count[1] exact zeros
+ * (both only with moments); mom: mean, M2, M3, M4. hist: 2 * side counts, or NULL for no histogram. */
+void tc_accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_t *count, double *mom,
+                   int64_t *hist, int32_t side, float scale)
+{
+    accumulate(x, n, chunk, moments, count, mom, hist, side, scale, 0, NULL);
+}
+
+/* tc_accumulate in one pass with tc_minmax, for a histogram whose range is already set (hist required, n below
+ * 2^31): returns 0 with the statistics added and bounds = min, max of x; or 1, with nothing changed, where x
+ * holds a NaN or a value beyond the range (the caller then takes the two-pass way, which grows the range or
+ * reports the value). Saves the separate bounds pass over memory. */
+int tc_update(const float *x, int64_t n, int64_t chunk, int moments, int64_t *count, double *mom, int64_t *hist,
+              int32_t side, float scale, float *bounds)
+{
+    return accumulate(x, n, chunk, moments, count, mom, hist, side, scale, 1, bounds);
 }

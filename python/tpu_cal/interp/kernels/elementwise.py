@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ..core import impl
+from ..core import impl, impl_inplace
 
 from scipy.special import erf as _erf
 
@@ -79,6 +79,18 @@ def _register():
 
 
 _register()
+
+
+# in place, into an operand nothing else sees (interp.core): the same ufunc loops as `_UNARY`'s, so the same bits
+@impl_inplace("top.relu")
+def relu_inplace(node, x, shape):
+    return np.maximum(x, 0, out=x)
+
+
+@impl_inplace("top.clip")
+def clip_inplace(node, x, shape):
+    lo, hi = x.dtype.type(node.attrs["min"]), x.dtype.type(node.attrs["max"])
+    return np.clip(x, lo, hi, out=x)
 
 
 @impl("top.where")
