@@ -101,7 +101,8 @@ def main(argv=None) -> int:
                      f"changed; {tune_cos:.5f} on those)", "", f"{held:.5f}"])
     print(C.text_table(head, body))
     if a.write:
-        text = (f"Command: `python bench/error_budget.py --method {a.method}` (venv active). Date: "
+        flags = f" --scales {a.scales}" + (f" --greedy {a.greedy}" if a.greedy else "")
+        text = (f"Command: `python bench/error_budget.py --method {a.method}{flags} --write` (venv active). Date: "
                 f"{datetime.datetime.now():%Y-%m-%d %H:%M}. {C.machine()}.\n\n"
                 f"EfficientNet-Lite0, `tpu-cal calibrate --cali_method {a.method} --tune_num 0` on {a.input_num} "
                 f"calibration samples; our quantized simulation (bm1684x, full int8, conv + ReLU6 fused) against "
