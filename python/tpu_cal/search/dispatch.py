@@ -18,13 +18,13 @@ from ..fileio import check_writable
 from ..formats.cali_table import CaliTable, make_header, write_cali_table
 from ..formats.qtable import read_qtable, write_qtable
 from ..graph import Graph
-from ..lowering import with_pairs
+from ..lowering import FLOAT_MODES, with_pairs
 from ..optimize.bias_correction import uncorrect
 from . import qtable as qsearch
 from . import threshold as tsearch
 from .common import (MIX_MODES, check_expected_cos, compare_layers, float_type, inference_feeds,
                      load_post_process, method_list)
-from .engine import FLOAT_MODES, Engine
+from .engine import Engine
 
 SEARCHES = ("false", "search_qtable", "search_threshold")
 BENCHMARKS = ("cos", "snr")

@@ -38,11 +38,9 @@ from ..chips import Chip
 from ..formats.qtable import QTable
 from ..graph import Graph
 from ..interp.core import Interpreter
-from ..lowering import as_chip, assign_precision, lower
+from ..lowering import FLOAT_MODES, as_chip, assign_precision, lower
 from ..optimize.bias_correction import uncorrect
 from ..simulate import real_value
-
-FLOAT_MODES = ("F32", "F16", "BF16")
 
 
 @dataclass
