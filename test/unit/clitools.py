@@ -66,3 +66,42 @@ def calibrated_cls(d) -> SimpleNamespace:
                          "--tune_num", "2", "--save_mlir", d / "cls_cal.mlir")
     assert rc == 0, err
     return SimpleNamespace(dir=d, mlir=d / "cls.mlir", cal_mlir=d / "cls_cal.mlir", table=d / "cls.cali")
+
+
+def search_engine(model_dir, method: str, batch_size: int, workers: int = 1, **kw):
+    """(graph, calibration result, 8 inference feeds, search Engine) of the `m.mlir` and `ds/` in `model_dir`,
+    calibrated with `method` (no auto-tune)."""
+    from tpu_cal import ir
+    from tpu_cal.calibration import CalibrationConfig, calibrate_graph
+    from tpu_cal.dataset import Dataset
+    from tpu_cal.preprocess import Preprocess
+    from tpu_cal.search.common import inference_feeds
+    from tpu_cal.search.engine import Engine
+    g = ir.load_graph(str(model_dir / "m.mlir"))
+    nodes = g.node_map()
+    ds = Dataset([nodes[i] for i in g.inputs], Preprocess.from_attrs(g.attrs.get("preprocess")),
+                 str(model_dir / "ds"))
+    res = calibrate_graph(g, ds, CalibrationConfig(method=method, tune_num=0))
+    feeds, _ = inference_feeds(ds, 8)
+    return g, res, feeds, Engine(g, res.table, "bm1684x", feeds, workers=workers, batch_size=batch_size,
+                                 show_progress=False, **kw)
+
+
+def independent_cos(g, table, feeds, modes, default: str = "INT8", reference=None) -> float:
+    """Mean per-sample output cosine of `g` lowered as `tpu-cal lower` does (bm1684x), run in full, against the
+    float run of `reference` (default `g`): the independent check of the searches' scores."""
+    import copy
+    from tpu_cal.calibration import attach
+    from tpu_cal.formats.qtable import QTable
+    from tpu_cal.interp.core import Interpreter
+    from tpu_cal.lowering import assign_precision, lower
+    from tpu_cal.metrics import cosine
+    from tpu_cal.simulate import real_value
+    ref = Interpreter(reference or g).run(feeds)[g.outputs[0]]
+    g = copy.deepcopy(g)
+    attach(g, table)
+    assign_precision(g, "bm1684x", default, QTable(modes=dict(modes)))
+    low = lower(g, "bm1684x")
+    out = low.outputs[0]
+    q = real_value(low.node_map()[out], Interpreter(low).run(feeds)[out])
+    return float(np.mean([cosine(ref[i], q[i]) for i in range(ref.shape[0])]))

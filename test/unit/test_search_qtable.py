@@ -4,8 +4,8 @@ channel that is zero, so per-channel int8 weights round its useful weights coars
 fix that); every other layer quantizes well. So c2_Conv is the most sensitive layer, and the one float layer
 worth having.
 
-Scores are checked against an independent computation: the module lowered as `tpu-cal lower` does and run in full
-by `simulate.run_both`, cosine per sample by `metrics.cosine`.
+Scores are checked against an independent computation (clitools.independent_cos): the module lowered as
+`tpu-cal lower` does and run in full, cosine per sample by `metrics.cosine`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from clitools import assert_clean_error, run_cli
+from clitools import assert_clean_error, independent_cos, run_cli, search_engine
 
 HW = 8
 N = 12
@@ -67,48 +67,19 @@ def model(tmp_path_factory):
 
 
 def _engine(model, workers=1, **kw):
-    from tpu_cal import ir
-    from tpu_cal.calibration import CalibrationConfig, calibrate_graph
-    from tpu_cal.dataset import Dataset
-    from tpu_cal.preprocess import Preprocess
-    from tpu_cal.search.common import inference_feeds
-    from tpu_cal.search.engine import Engine
-    g = ir.load_graph(str(model / "m.mlir"))
-    nodes = g.node_map()
-    ds = Dataset([nodes[i] for i in g.inputs], Preprocess.from_attrs(g.attrs.get("preprocess")), str(model / "ds"))
-    res = calibrate_graph(g, ds, CalibrationConfig(method="mse", tune_num=0))
-    feeds, _ = inference_feeds(ds, 8)
-    return g, res, feeds, Engine(g, res.table, "bm1684x", feeds, workers=workers, batch_size=3,
-                                 show_progress=False, **kw)
-
-
-def _independent_cos(g, table, feeds, modes, default="INT8"):
-    """Mean per-sample output cosine of the module lowered as `tpu-cal lower` does, run in full."""
-    import copy
-    from tpu_cal.calibration import attach
-    from tpu_cal.formats.qtable import QTable
-    from tpu_cal.lowering import assign_precision, lower
-    from tpu_cal.metrics import cosine
-    from tpu_cal.simulate import run_both
-    g = copy.deepcopy(g)
-    attach(g, table)
-    assign_precision(g, "bm1684x", default, QTable(modes=dict(modes)))
-    low = lower(g, "bm1684x")
-    fl, qt = run_both(g, low, feeds, names=list(g.outputs))
-    o = g.outputs[0]
-    return float(np.mean([cosine(fl[o][i], qt[o][i]) for i in range(fl[o].shape[0])]))
+    return search_engine(model, "mse", 3, workers, **kw)
 
 
 def test_downstream_scores_equal_full_runs(model):
     from tpu_cal.search.engine import Candidate
     g, res, feeds, eng = _engine(model)
     ref = eng.reference(Candidate())
-    assert ref.score.cos == pytest.approx(_independent_cos(g, res.table, feeds, {}), abs=1e-12)
+    assert ref.score.cos == pytest.approx(independent_cos(g, res.table, feeds, {}), abs=1e-12)
     for name in ("c1_Conv", OUTLIER, "r3_Relu", "out_Conv"):
         alone = eng.score(Candidate(modes={name: "INT8"}, default="F32"))
-        assert alone.cos == pytest.approx(_independent_cos(g, res.table, feeds, {name: "INT8"}, "F32"), abs=1e-12)
+        assert alone.cos == pytest.approx(independent_cos(g, res.table, feeds, {name: "INT8"}, "F32"), abs=1e-12)
         mixed = eng.score(Candidate(modes={name: "F16"}), ref)
-        assert mixed.cos == pytest.approx(_independent_cos(g, res.table, feeds, {name: "F16"}), abs=1e-12)
+        assert mixed.cos == pytest.approx(independent_cos(g, res.table, feeds, {name: "F16"}), abs=1e-12)
         assert mixed.computed < mixed.total      # only part of the graph ran
     # a reference built from another one holds exactly the tensors of a full run
     cand = Candidate(modes={"r2_Relu": "F16"})
@@ -123,7 +94,7 @@ def test_downstream_scores_equal_full_runs(model):
     s = eng.score(type(Candidate())(thresholds=th), ref)
     t2 = dict(res.table)
     t2["r2_Relu"] = (th["r2_Relu"],) + tuple(res.table["r2_Relu"][1:])
-    assert s.cos == pytest.approx(_independent_cos(g, t2, feeds, {}), abs=1e-12)
+    assert s.cos == pytest.approx(independent_cos(g, t2, feeds, {}), abs=1e-12)
 
 
 def test_workers_and_cache_budget_give_the_same_scores(model):
@@ -215,7 +186,7 @@ def test_search_threshold_picks_the_best_measured_method(model, tmp_path):
     t = read_cali_table(str(out))
     assert t.method == best
     g, res, feeds, _ = _engine(model)
-    assert float(got[best]) == pytest.approx(_independent_cos(g, t.thresholds, feeds, {}), abs=1e-9)
+    assert float(got[best]) == pytest.approx(independent_cos(g, t.thresholds, feeds, {}), abs=1e-9)
 
 
 def test_sensitive_command(model, tmp_path):
@@ -255,7 +226,7 @@ def test_fixed_qtable_entries_are_kept_and_not_searched(model):
     from tpu_cal.search.engine import Candidate
     g, res, feeds, eng = _engine(model, fixed={OUTLIER: "F32"})
     assert eng.reference(Candidate()).score.cos == pytest.approx(
-        _independent_cos(g, res.table, feeds, {OUTLIER: "F32"}), abs=1e-12)
+        independent_cos(g, res.table, feeds, {OUTLIER: "F32"}), abs=1e-12)
     r = qs.run(eng, g, res.stats, res.op_types, qs.QtableConfig(["mse"], 0.99, 2), "m.mlir", fixed={OUTLIER: "F32"})
     assert not {OUTLIER, LAYER} & ({x.name for x in r.layers} | set(r.qtable))
 

@@ -16,7 +16,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from clitools import run_cli
+from clitools import independent_cos, run_cli, search_engine
 
 HW = 6
 N = 10
@@ -56,38 +56,7 @@ def model(tmp_path_factory):
 
 
 def _setup(model, **kw):
-    from tpu_cal import ir
-    from tpu_cal.calibration import CalibrationConfig, calibrate_graph
-    from tpu_cal.dataset import Dataset
-    from tpu_cal.preprocess import Preprocess
-    from tpu_cal.search.common import inference_feeds
-    from tpu_cal.search.engine import Engine
-    g = ir.load_graph(str(model / "m.mlir"))
-    nodes = g.node_map()
-    ds = Dataset([nodes[i] for i in g.inputs], Preprocess.from_attrs(g.attrs.get("preprocess")), str(model / "ds"))
-    res = calibrate_graph(g, ds, CalibrationConfig(method="max", tune_num=0))
-    feeds, _ = inference_feeds(ds, 8)
-    return g, res, feeds, Engine(g, res.table, "bm1684x", feeds, workers=1, batch_size=4, show_progress=False,
-                                 **kw)
-
-
-def _independent_cos(g, table, feeds, modes, reference=None):
-    """Mean per-sample output cosine of `g` lowered as `tpu-cal lower` does, run in full, against the float run
-    of `reference` (default `g`)."""
-    from tpu_cal.calibration import attach
-    from tpu_cal.formats.qtable import QTable
-    from tpu_cal.interp.core import Interpreter
-    from tpu_cal.lowering import assign_precision, lower
-    from tpu_cal.metrics import cosine
-    from tpu_cal.simulate import real_value
-    ref = Interpreter(reference or g).run(feeds)[g.outputs[0]]
-    g = copy.deepcopy(g)
-    attach(g, table)
-    assign_precision(g, "bm1684x", "INT8", QTable(modes=dict(modes)))
-    low = lower(g, "bm1684x")
-    out = low.outputs[0]
-    q = real_value(low.node_map()[out], Interpreter(low).run(feeds)[out])
-    return float(np.mean([cosine(ref[i], q[i]) for i in range(ref.shape[0])]))
+    return search_engine(model, "max", 4, **kw)
 
 
 def test_windows_are_the_runs_that_hold_the_anchor(model):
@@ -113,7 +82,7 @@ def test_search_finds_the_float_run_no_single_layer_gives(model):
     int8 = eng.reference(Candidate()).score.cos
     singles = {n: eng.score(Candidate(modes={n: "F16"})).cos for n in ("r1_Relu", "r2_Relu", "r3_Relu", "out_Conv")}
     both = eng.score(Candidate(modes={"r2_Relu": "F16", "r3_Relu": "F16"})).cos
-    assert both == pytest.approx(_independent_cos(g, res.table, feeds, {"r2_Relu": "F16", "r3_Relu": "F16"}),
+    assert both == pytest.approx(independent_cos(g, res.table, feeds, {"r2_Relu": "F16", "r3_Relu": "F16"}),
                                  abs=1e-12)
     assert int8 < 0.99 and max(singles.values()) < int8 + 0.01 and both > 0.999, (int8, singles, both)
     r = qs.run(eng, g, res.stats, res.op_types, qs.QtableConfig(["max"], 0.999, 3), "m.mlir")
@@ -152,10 +121,10 @@ def test_bias_correction_is_taken_back_from_float_layers(model, tmp_path):
     printed = float(re.search(r"^mix model outputs_cos:([0-9.]+)", out, re.M).group(1))
     feeds = _setup(model)[2]
     table = read_cali_table(str(tmp_path / "new_cali_table.txt")).thresholds
-    assert printed == pytest.approx(_independent_cos(bc, table, feeds, {n: "F16" for n in floats}, orig), abs=2e-6)
+    assert printed == pytest.approx(independent_cos(bc, table, feeds, {n: "F16" for n in floats},
+                                                      reference=orig), abs=2e-6)
     # the engine scores a float layer with its correction taken back, as a full computation of that module does
     g, res, feeds, _ = _setup(model)
-    from tpu_cal.calibration import CalibrationConfig
     from tpu_cal.dataset import Dataset
     from tpu_cal.optimize import run_bias_correction
     from tpu_cal.calibration import attach
@@ -171,7 +140,7 @@ def test_bias_correction_is_taken_back_from_float_layers(model, tmp_path):
     modes = {"r1_Relu": "F16", "r2_Relu": "F16", "r3_Relu": "F16"}      # only out_Conv in int8
     undone = copy.deepcopy(g)
     assert uncorrect(undone, corr, ["c1_Conv", "c2_Conv", "c3_Conv"]) == ["c1_Conv", "c2_Conv", "c3_Conv"]
-    want = _independent_cos(undone, res.table, feeds, modes, reference=original)
+    want = independent_cos(undone, res.table, feeds, modes, reference=original)
     assert eng.score(Candidate(modes=modes)).cos == pytest.approx(want, abs=1e-12)
-    kept = _independent_cos(g, res.table, feeds, modes, reference=original)
+    kept = independent_cos(g, res.table, feeds, modes, reference=original)
     assert abs(kept - want) > 1e-9          # the correction kept would measure something else
