@@ -1,7 +1,12 @@
-"""Atomic output files: written next to the target and renamed into place, so no half-written file is ever left."""
+"""Atomic output files: written next to the target and renamed into place, so no half-written file is ever left.
+
+Inside `held_writes()` the files `write_text` / `write_npz` write are held in memory (and `read_npz` sees them)
+until the caller commits them: a pipeline whose later pass fails leaves no file from an earlier one.
+"""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import os
 import tempfile
@@ -40,24 +45,63 @@ def atomic_path(path: str):
             os.unlink(tmp)
 
 
+class HeldWrites:
+    """The files written inside a `held_writes()` block: absolute path -> bytes, in order."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+
+    def commit(self) -> None:
+        """Writes the held files (each atomically); an unwritable one raises UserError."""
+        files, self.files = self.files, {}
+        for path, data in files.items():
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                f.write(data)
+
+
+# the held writes of the block being run (a context variable: per thread and task, never shared)
+_HELD: contextvars.ContextVar[HeldWrites | None] = contextvars.ContextVar("tpu_cal_held_writes", default=None)
+
+
+@contextlib.contextmanager
+def held_writes():
+    """Yields a HeldWrites collecting every file written in the block; nothing reaches the disk unless the caller
+    calls its `commit()` (typically after the block, once everything in it worked)."""
+    held = HeldWrites()
+    token = _HELD.set(held)
+    try:
+        yield held
+    finally:
+        _HELD.reset(token)
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    held = _HELD.get()
+    if held is not None:
+        held.files[os.path.abspath(path)] = data
+        return
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
 def write_text(path: str, text: str):
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(text)
+    _write_bytes(path, text.encode("utf-8"))
 
 
 def write_npz(path: str, arrays: dict[str, np.ndarray]):
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(buf.getvalue())
+    _write_bytes(path, buf.getvalue())
 
 
 def read_npz(path: str, what: str = "npz file") -> dict[str, np.ndarray]:
     """Loads every array of an npz, turning any I/O or format problem into a UserError naming the file."""
-    if not os.path.exists(path):
+    held = _HELD.get()
+    data = held.files.get(os.path.abspath(path)) if held is not None else None
+    if data is None and not os.path.exists(path):
         raise UserError(f"{path}: {what} not found")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(data) if data is not None else path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as e:  # zipfile, pickle and format errors all mean the same thing to a user
         raise UserError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from None

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from mlir import ir
 
 from .errors import UserError
-from .fileio import write_text
+from .fileio import held_writes, write_text
 from . import ir as tir
 from .passes import Diagnostic, build_pass_manager, default_registry
 from .passes.registry import format_value
@@ -283,11 +283,13 @@ def run(opts: OptOptions, stdout=None, stderr=None, registry=None) -> int:
                     print(f"Pass Manager with {len(elements)} passes:\n{pm}", file=stderr)
                 stdout.flush()
                 stderr.flush()
-                try:
-                    pm.run(module)
-                except ir.MLIRError as e:
-                    collected.extend(_diag_list(e))
-                    failed_code = EXIT_PIPELINE_FAILED
+                # files the passes write (top-to-tpu's weights) reach the disk only if the whole pipeline works
+                with held_writes() as held:
+                    try:
+                        pm.run(module)
+                    except ir.MLIRError as e:
+                        collected.extend(_diag_list(e))
+                        failed_code = EXIT_PIPELINE_FAILED
                 sys.stderr.flush()
             if opts.verify_diagnostics:
                 problems = verify_diagnostics(collected, chunk, filename)
@@ -302,6 +304,12 @@ def run(opts: OptOptions, stdout=None, stderr=None, registry=None) -> int:
                     failed_code = EXIT_PIPELINE_FAILED
                 if failed_code is not None:
                     status = max(status, failed_code)
+            if module is not None and failed_code is None:
+                try:
+                    held.commit()
+                except UserError as e:
+                    print(f"tpu-cal-opt: error: {e}", file=stderr)
+                    status, failed_code = max(status, EXIT_USER_ERROR), EXIT_USER_ERROR
             # like mlir-opt: one slot per chunk, empty where the chunk failed, so separators line up
             outputs.append(tir.asm(module) if failed_code is None and module is not None else "")
     finally:

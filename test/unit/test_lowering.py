@@ -562,6 +562,13 @@ def test_cls_calibrated_module_needs_no_table_and_passes_agree(cls, tmp_path):
     gc = ir.load_graph(str(work / "cls_bm1684x.mlir"))
     assert gc.attrs["weight_file"] == "cls_bm1684x_weights.npz"
     assert_same_graph(ga, gc)
+    # a pass after top-to-tpu that fails (a second lowering of the lowered module): no weight file is left
+    (work / "cls_bm1684x_weights.npz").unlink()
+    (work / "cls_bm1684x.mlir").unlink()
+    rc, _, err = run_opt(work / "cls.mlir", "-p", pipeline + f",top-to-tpu{{weight-dir={work}}}",
+                         "-o", work / "cls_bm1684x.mlir")
+    assert rc != 0 and "error" in err
+    assert sorted(os.listdir(work)) == ["cls.mlir", "cls_weights.npz"]
 
 
 BAD = ["qtable_unknown_names", "mode_chip_lacks", "qtable_mode_chip_lacks", "int8_without_threshold",
