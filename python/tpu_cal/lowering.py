@@ -134,6 +134,7 @@ def assign_precision(graph: Graph, chip, mode: str = "INT8", qtable: QTable | No
         qtable.check_names(n.name for n in graph.nodes)
     integer = default in INT_MODES
     modes = with_pairs(graph, qtable.modes) if qtable is not None else {}
+    partner = {x: y for a, m in activation_pairs(graph).items() for x, y in ((a, m), (m, a))}
     out = {}
     for n in graph.compute_nodes():
         if not is_float(n):
@@ -142,7 +143,8 @@ def assign_precision(graph: Graph, chip, mode: str = "INT8", qtable: QTable | No
             try:
                 p = chip.resolve(modes[n.name], n.name)
             except UserError as e:
-                raise UserError(f"{qtable.source}:{qtable.lines.get(n.name, '?')}: {e}") from None
+                line = qtable.lines.get(n.name, qtable.lines.get(partner.get(n.name), "?"))
+                raise UserError(f"{qtable.source}:{line}: {e}") from None
         elif integer and short(n.op) in chip.float_ops:
             p = chip.float_type
         else:

@@ -224,6 +224,9 @@ def test_cv18xx_maps_f16_to_bf16_and_keeps_float_ops_in_bf16():
 def test_impossible_requests_name_the_op_or_the_mode():
     with pytest.raises(UserError, match=r"q\.txt:2: op 'mm': bm1684 cannot compute BF16"):
         lowering.assign_precision(synthetic(), "bm1684", "INT8", parse_qtable("c1 F32\nmm BF16\n", "q.txt"))
+    # an entry for the ReLU of a conv + ReLU pair names its own line when the conv (first in order) cannot
+    with pytest.raises(UserError, match=r"q\.txt:2: op 'c1': bm1684 cannot compute F16"):
+        lowering.assign_precision(synthetic(), "bm1684", "INT8", parse_qtable("mm F32\nr1 F16\n", "q.txt"))
     with pytest.raises(UserError, match="INT4.*bm1684x cannot compute INT4"):
         lowering.assign_precision(synthetic(), "bm1684x", "INT4")
     with pytest.raises(UserError, match="unknown processor 'bm9999'"):
