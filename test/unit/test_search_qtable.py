@@ -103,9 +103,22 @@ def test_workers_and_cache_budget_give_the_same_scores(model):
     one = [s.cos for s in _engine(model, 1)[3].evaluate(cands)]
     two = [s.cos for s in _engine(model, 2)[3].evaluate(cands)]
     assert one == two
-    eng = _engine(model, 1, cache_budget=0)[3]          # nothing cached: every candidate runs in full
+    eng = _engine(model, 1, cache_budget=0)[3]          # no tensor cached: every candidate runs every op
     full = eng.evaluate(cands)
-    assert [s.cos for s in full] == one and all(s.computed == s.total for s in full)
+    ops = [sum(n.op not in ("top.weight", "top.none", "top.input") for n in eng.lowered(c).nodes) for c in cands]
+    assert [s.cos for s in full] == one and all(s.computed >= k for s, k in zip(full, ops))   # (+ new weights)
+    # part of the tensors cached: what a candidate reads and is not cached is recomputed; same scores
+    whole = _engine(model, 1)[3]
+    eng = _engine(model, 1, cache_budget=whole.cache_bytes(whole.float_ref.graph) // 2)[3]
+    assert 0 < len(eng.float_ref.values[0]) < len(whole.float_ref.values[0])
+    part = eng.evaluate(cands)
+    cached = whole.evaluate(cands)
+    assert [s.cos for s in part] == one
+    assert all(c.computed <= p.computed <= f.computed for c, p, f in zip(cached, part, full))
+    assert any(c.computed < p.computed for c, p in zip(cached, part))
+    mix = Candidate(modes={"r2_Relu": "F16"})
+    assert eng.reference(mix, base=eng.reference(Candidate())).score.cos == \
+        whole.reference(mix, base=whole.reference(Candidate())).score.cos
 
 
 def test_post_process_and_compare_layers_change_what_is_compared(model):

@@ -18,8 +18,9 @@ error it no longer has; the deployed module gets the same for the layers the sea
 
 The float activations of the inference samples are computed once (`Engine.float_ref`, the all-F32 lowering)
 and are both the reference the per-layer searches start from and what every score compares against.
-A reference whose tensors would exceed `cache_budget` (default a quarter of the machine's memory) keeps only
-the inputs, and candidates measured from it run the whole module: slower, same scores.
+A reference whose tensors would exceed `cache_budget` (default a sixth of the machine's memory) keeps a share of
+them spread over the program, and a candidate recomputes what it reads from the nearest cached tensors
+(`_kept`, `_closure`): slower, same scores.
 Independent candidates run in forked worker processes (`workers`, default all cores), which share the caches
 copy-on-write; results come back in candidate order, so a search is deterministic whatever the worker count.
 """
@@ -126,9 +127,9 @@ class Engine:
                  bias_corrections: dict | None = None):
         self.graph = graph
         self.bias_corrections: dict = {}
-        # bytes one cached reference may hold (the float one and the current mix are alive at once); default a
-        # quarter of the machine's memory
-        self.cache_budget = int(cache_budget if cache_budget is not None else _physical_memory() // 4)
+        # bytes one cached reference may hold: three can be alive at once (the float one, the current mix and
+        # the next mix while it is built from it), so a sixth of the machine's memory by default
+        self.cache_budget = int(cache_budget if cache_budget is not None else _physical_memory() // 6)
         self._warned = False
         self.metric = {"cos": per_sample_cosines, "snr": per_sample_snr}[metric]
         self.table = dict(table)                       # op -> (threshold, min, max): the base thresholds
@@ -213,47 +214,84 @@ class Engine:
 
     # ----------------------------------------------------------------------------------------- running
     def reference(self, cand: Candidate, base: Reference | None = None) -> Reference:
-        """Runs `cand` and caches every value (the base the next candidates are measured from); with `base`, only
-        what differs from it runs, the rest is shared with it."""
+        """Runs `cand` and caches its tensors (all of them, or the subset `cache_budget` allows: `_kept`), the base
+        the next candidates are measured from; with `base`, only what differs from it runs."""
         lg = self.lowered(cand)
         interp = Interpreter(lg)
-        if base is not None and base.sig and self.cache_bytes(lg) <= self.cache_budget:
-            sig = self._signature(lg)
+        sig = self._signature(lg)
+        kept = self._kept(lg)
+        if base is not None and base.sig:
             dirty = self._dirty(lg, sig, base)
+            have = base.values[0]
+            want = [name for name in kept if name in dirty or name not in have]
+            todo = self._closure(lg, set(dirty) | set(want), have)
             values = []
             for b in range(len(self.batches)):
-                env = interp.run_from(base.values[b], dirty, keep=dirty)
-                values.append({n.name: env[n.name] if n.name in env else base.values[b][n.name]
-                               for n in lg.nodes if n.op != "top.none"})
+                env = interp.run_from(base.values[b], todo, keep=want)
+                values.append({name: env[name] if name in env else base.values[b][name] for name in kept})
             ref = Reference(lg, values, sig, Score(float("nan"), {}))
-            ref.score = self._score(lg, values, values, len(dirty))
+            ref.score = self._score(lg, values, values, len(todo))
             return ref
-        if self.cache_bytes(lg) > self.cache_budget:
-            # too large to keep: only the inputs are kept, every candidate then runs in full (exact, slower)
-            want = {self._lname(lg, name) for name, _ in self.compare}
-            values = [dict(b, **interp.run(b, keep=want)) for b in self.batches]
-            sig: dict = {}
-            if not self._warned:
-                self._warned = True
-                print(f"note: the tensors of {self.n_samples} inference samples need "
-                      f"{self.cache_bytes(lg) / 2**30:.1f} GiB, more than the cache budget "
-                      f"({self.cache_budget / 2**30:.1f} GiB): every candidate runs the whole module",
-                      file=sys.stderr)
-        else:
-            values = [interp.run(b, keep="all") for b in self.batches]
-            sig = self._signature(lg)
+        values = [{name: v for name, v in interp.run(b, keep=kept).items() if name in kept} for b in self.batches]
         ref = Reference(lg, values, sig, Score(float("nan"), {}))
         if self._float_targets is not None:
             ref.score = self._score(lg, values, values, len(lg.nodes))
         return ref
 
+    def _kept(self, lg: Graph) -> list[str]:
+        """Names of the tensors of `lg` a reference caches: all of them when they fit `cache_budget`, else the
+        inputs, weights and compared tensors and, of the rest, a share spread evenly over the program (a tensor
+        is kept while the bytes kept so far stay within budget/total of the bytes seen so far), so that what a
+        candidate must recompute from the nearest cached tensors stays short."""
+        names = [n.name for n in lg.nodes if n.op != "top.none"]
+        total = self.cache_bytes(lg)
+        if total <= self.cache_budget:
+            return names
+        if not self._warned:
+            self._warned = True
+            print(f"note: the tensors of {self.n_samples} inference samples need {total / 2**30:.1f} GiB, more "
+                  f"than the cache budget ({self.cache_budget / 2**30:.1f} GiB): "
+                  f"{100 * self.cache_budget / total:.0f} % of them are cached, candidates recompute the rest",
+                  file=sys.stderr)
+        share = self.cache_budget / total
+        per = self.n_samples / self._declared(lg)
+        must = set(lg.inputs) | {self._lname(lg, name) for name, _ in self.compare}
+        out, seen, held = [], 0.0, 0.0
+        for n in lg.nodes:
+            if n.op == "top.none":
+                continue
+            size = 0.0 if n.op == "top.weight" else np.prod(n.shape or (1,)) * np.dtype(n.dtype).itemsize * per
+            seen += size
+            if n.op == "top.weight" or n.name in must or held + size <= share * seen:
+                out.append(n.name)
+                held += size
+        return out
+
+    @staticmethod
+    def _closure(lg: Graph, todo: set, have) -> set:
+        """`todo` plus every op whose value an op of it reads and that is neither in it nor in `have` (the cached
+        tensors), transitively: what `run_from` must run to compute `todo` from the cache."""
+        nodes = lg.node_map()
+        out = set(todo)
+        stack = list(todo)
+        while stack:
+            for i in nodes[stack.pop()].inputs:
+                if i is not None and i not in out and i not in have:
+                    out.add(i)
+                    stack.append(i)
+        return out
+
     def cache_bytes(self, lg: Graph) -> int:
         """Bytes of every tensor of `lg` over the inference samples (what a cached reference holds)."""
-        nodes = lg.node_map()
-        declared = nodes[lg.inputs[0]].shape[0] if nodes[lg.inputs[0]].shape else 1
         per = sum(int(np.prod(n.shape or (1,))) * np.dtype(n.dtype).itemsize
                   for n in lg.nodes if n.op not in ("top.weight", "top.none"))
-        return per * self.n_samples // max(declared, 1)
+        return per * self.n_samples // self._declared(lg)
+
+    @staticmethod
+    def _declared(lg: Graph) -> int:
+        """The module's declared batch (the samples one run of its shapes holds)."""
+        n = lg.node_map()[lg.inputs[0]]
+        return max(n.shape[0] if n.shape else 1, 1)
 
     def _lname(self, lg: Graph, name: str) -> str:
         return lg.outputs[self.graph.outputs.index(name)] if name in self.graph.outputs else name
@@ -292,9 +330,10 @@ class Engine:
         dirty = self._dirty(lg, self._signature(lg), ref)
         interp = Interpreter(lg)
         want = {self._lname(lg, name) for name, _ in self.compare}
-        envs = [interp.run_from(ref.values[b], dirty, keep=want) for b in range(len(self.batches))]
+        todo = self._closure(lg, set(dirty) | (want - set(ref.values[0])), ref.values[0])
+        envs = [interp.run_from(ref.values[b], todo, keep=want) for b in range(len(self.batches))]
         self.evaluations += 1
-        return self._score(lg, envs, ref.values, len(dirty))
+        return self._score(lg, envs, ref.values, len(todo))
 
     def evaluate(self, cands: list[Candidate], ref: Reference | None = None, desc: str = "candidates") \
             -> list[Score]:
