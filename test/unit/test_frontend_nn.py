@@ -232,6 +232,55 @@ def test_bn_not_folded_when_conv_has_other_users(onnx_check):
     assert sorted(ops_of(g)) == ["top.conv", "top.relu", "top.scale"]
 
 
+@pytest.mark.parametrize("const_shape", [(1,), (), (4, 1, 1), (1, 4, 1, 1)])
+def test_learnable_affine_folded_into_conv(onnx_check, const_shape):
+    # PP-LCNetV3: conv, then s * x + b with one value or one per channel (the constant first or second)
+    inits = {"w": rand(4, 3, 3, 3), "b": rand(4), "s": rand(*const_shape) + 2, "t": rand(*const_shape)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["s", "c"], ["m"]), helper.make_node("Add", ["m", "t"], ["y"])]
+    m = make(nodes, {"x": (3, 8, 8)}, ["y"], inits)
+    g, _ = onnx_check(m, {"x": rand(2, 3, 8, 8)})
+    assert ops_of(g) == ["top.conv"] and g.outputs == ["y_Add"]
+
+
+@pytest.mark.parametrize("case", ["conv_read_twice", "spatial_constant", "tensor_operand"])
+def test_affine_not_folded(onnx_check, case):
+    inits = {"w": rand(4, 3, 1, 1), "s": rand(1, 4, 1, 1) + 2}
+    if case == "spatial_constant":
+        inits["s"] = rand(1, 1, 8, 8) + 2           # varies over space: not a per-channel scale
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Mul", ["c", "x2" if case ==
+                                                                               "tensor_operand" else "s"], ["y"])]
+    outs = ["y", "c"] if case == "conv_read_twice" else ["y"]
+    inputs = {"x": (3, 8, 8), "x2": (4, 8, 8)} if case == "tensor_operand" else {"x": (3, 8, 8)}
+    m = make(nodes, inputs, outs, inits)
+    g, _ = onnx_check(m, feeds_for(inputs))
+    assert sorted(ops_of(g)) == ["top.conv", "top.mul"]
+
+
+@pytest.mark.parametrize("order", ["x_first", "clip_first", "mul_sixth"])
+def test_exported_hard_swish_is_one_op(onnx_check, order):
+    # PaddlePaddle's export of hardswish: x * clip(x + 3, 0, 6) / 6
+    inits = {"three": np.float32(3), "zero": np.float32(0), "six": np.float32(6), "sixth": np.float32(1 / 6)}
+    prod = ["x", "cl"] if order != "clip_first" else ["cl", "x"]
+    last = helper.make_node("Div", ["p", "six"], ["y"]) if order != "mul_sixth" else \
+        helper.make_node("Mul", ["p", "sixth"], ["y"])
+    nodes = [helper.make_node("Add", ["x", "three"], ["a"]), helper.make_node("Clip", ["a", "zero", "six"], ["cl"]),
+             helper.make_node("Mul", prod, ["p"]), last]
+    m = make(nodes, {"x": (3, 8, 8)}, ["y"], inits)
+    x = rand(2, 3, 8, 8, scale=4)
+    g, _ = onnx_check(m, {"x": x})
+    assert ops_of(g) == ["top.hardswish"]
+
+
+def test_hard_swish_pattern_with_other_bounds_is_kept(onnx_check):
+    inits = {"three": np.float32(3), "zero": np.float32(0), "five": np.float32(5), "six": np.float32(6)}
+    nodes = [helper.make_node("Add", ["x", "three"], ["a"]), helper.make_node("Clip", ["a", "zero", "five"], ["cl"]),
+             helper.make_node("Mul", ["x", "cl"], ["p"]), helper.make_node("Div", ["p", "six"], ["y"])]
+    m = make(nodes, {"x": (3, 8, 8)}, ["y"], inits)
+    g, _ = onnx_check(m, {"x": rand(2, 3, 8, 8, scale=4)})
+    assert "top.hardswish" not in ops_of(g)
+
+
 @pytest.mark.parametrize("shape", [(4, 6, 5), (4,), (4, 9)])
 def test_bn_standalone(onnx_check, shape):
     m = make([_bn("x", "y")], {"x": shape}, ["y"], _bn_inits(shape[0]))

@@ -100,25 +100,40 @@ def test_downstream_scores_equal_full_runs(model):
 def test_workers_and_cache_budget_give_the_same_scores(model):
     from tpu_cal.search.engine import Candidate
     cands = [Candidate(modes={n: "INT8"}, default="F32") for n in ("c1_Conv", OUTLIER, "c3_Conv", "out_Conv")]
-    one = [s.cos for s in _engine(model, 1)[3].evaluate(cands)]
+    whole = _engine(model, 1)[3]
+    one = [s.cos for s in whole.evaluate(cands)]
+    assert len(whole.groups) == 1
     two = [s.cos for s in _engine(model, 2)[3].evaluate(cands)]
     assert one == two
-    eng = _engine(model, 1, cache_budget=0)[3]          # no tensor cached: every candidate runs every op
+    cached = whole.evaluate(cands)
+    mix = Candidate(modes={"r2_Relu": "F16"})
+    mixed = whole.reference(mix, base=whole.reference(Candidate()))
+    per_sample = whole.cache_bytes(whole.float_ref.graph) / whole.n_samples
+    # the budget of 4 samples: every candidate runs on one group of samples after the other (3 and 3 and 2
+    # samples: batches of 3), each group's tensors all cached
+    eng = _engine(model, 2, cache_budget=int(4.5 * per_sample))[3]
+    assert [sum(eng.samples[b] for b in g) for g in eng.groups] == [3, 3, 2]
+    grouped = eng.evaluate(cands)
+    assert [s.cos for s in grouped] == one and [s.computed for s in grouped] == [s.computed for s in cached]
+    base = eng.reference(Candidate())
+    assert eng.reference(mix, base=base).score.cos == mixed.score.cos
+    # one group's tensors in memory at a time, over every reference (the last reference: the last group)
+    held = [(r, b) for r in (eng.float_ref, base) for b in r.values]
+    assert len(held) <= 1 and all(b == len(eng.batches) - 1 for _, b in held)
+    # no tensor cached (one sample over the budget): candidates run every op of the graph, same scores
+    eng = _engine(model, 1, cache_budget=0)[3]
     full = eng.evaluate(cands)
     ops = [sum(n.op not in ("top.weight", "top.none", "top.input") for n in eng.lowered(c).nodes) for c in cands]
     assert [s.cos for s in full] == one and all(s.computed >= k for s, k in zip(full, ops))   # (+ new weights)
-    # part of the tensors cached: what a candidate reads and is not cached is recomputed; same scores
-    whole = _engine(model, 1)[3]
-    eng = _engine(model, 1, cache_budget=whole.cache_bytes(whole.float_ref.graph) // 2)[3]
-    assert 0 < len(eng.float_ref.values[0]) < len(whole.float_ref.values[0])
+    # part of one sample's tensors cached: what a candidate reads and is not cached is recomputed; same scores
+    eng = _engine(model, 1, cache_budget=int(per_sample // 2))[3]
+    assert len(eng.groups) == eng.n_samples
+    assert 0 < len(eng.float_ref.values[len(eng.batches) - 1]) < len(whole.float_ref.values[0])
     part = eng.evaluate(cands)
-    cached = whole.evaluate(cands)
     assert [s.cos for s in part] == one
     assert all(c.computed <= p.computed <= f.computed for c, p, f in zip(cached, part, full))
     assert any(c.computed < p.computed for c, p in zip(cached, part))
-    mix = Candidate(modes={"r2_Relu": "F16"})
-    assert eng.reference(mix, base=eng.reference(Candidate())).score.cos == \
-        whole.reference(mix, base=whole.reference(Candidate())).score.cos
+    assert eng.reference(mix, base=eng.reference(Candidate())).score.cos == mixed.score.cos
 
 
 def test_post_process_and_compare_layers_change_what_is_compared(model):

@@ -30,6 +30,7 @@ import dataclasses
 import multiprocessing
 import os
 import sys
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,13 +66,15 @@ class Score:
         return 1.0 - self.cos
 
 
-@dataclass
+@dataclass(eq=False)          # hashed by identity: the engine tracks which references hold tensors
 class Reference:
-    """A lowered graph and every value it computes on the inference samples, one dict per batch."""
+    """A lowered graph and the values it computes on the inference samples: batch index -> tensors (`kept`) for
+    the batches in memory (all of them unless the engine has several sample groups)."""
     graph: Graph
-    values: list[dict]
+    values: dict[int, dict]
     sig: dict[str, tuple]
     score: Score
+    kept: list[str]
 
 
 def _per_sample(a: np.ndarray, b: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,33 +143,39 @@ class Engine:
         self.workers = max(1, int(workers) or (os.cpu_count() or 1))
         self.show_progress = show_progress
         self.compare = list(compare) if compare else [(o, 1.0) for o in graph.outputs]
-        nodes = graph.node_map()
-        first = graph.inputs[0]
-        declared = nodes[first].shape[0] if nodes[first].shape else 1
-        total = np.asarray(feeds[first]).shape[0] // max(declared, 1)
-        step = max(1, int(batch_size))
-        self.batches = [{k: np.asarray(v)[a * declared:min(total, a + step) * declared] for k, v in feeds.items()}
-                        for a in range(0, total, step)]
-        self.samples = [min(total, a + step) - a for a in range(0, total, step)]
-        self.n_samples = total
         self.evaluations = 0                           # candidate evaluations so far (for the speed report)
-        self._float_targets: list[list[np.ndarray]] | None = None
+        self._holding: weakref.WeakSet = weakref.WeakSet()     # references holding tensors (`_load`)
         # what the candidates must match: the float module, or `reference_graph`, the model before a rewrite that
         # changes the float function (bias correction: its point is int8(rewritten) ~ float(original))
         if reference_graph is not None:
             self.graph = reference_graph
+        self._group(feeds, max(1, int(batch_size)))
+        self._float_targets: dict[int, list[np.ndarray]] = {}     # batch -> the float compared tensors
         target = self.reference(Candidate(default="F32"))
         self.graph = graph
         # layer -> the error its bias correction subtracted (calibrate --bc), given back when it runs in float
         self.bias_corrections = dict(bias_corrections or {})
-        fl = target.graph
-        fnodes = fl.node_map()
-        self._float_targets = [[self._target(b, name, fl, fnodes, {}, target.values[b])
-                                for name, _ in self.compare] for b in range(len(self.batches))]
         # the cached base of the candidates is the float run of the module they are lowered from
         self.float_ref = target if reference_graph is None else self.reference(Candidate(default="F32"))
         del target
-        self.float_ref.score = self._score(self.float_ref.graph, self.float_ref.values, self.float_ref.values, 0)
+
+    def _group(self, feeds: dict, step: int) -> None:
+        """Batches of at most `step` samples, packed into sample groups whose tensors fit `cache_budget` (one
+        group when they all fit): the searches measure every candidate on one group after the other, so that
+        the reference tensors of the whole set never need to be in memory at once."""
+        self._split(feeds, step)
+        size = max(self.cache_bytes(self.lowered(Candidate(default=m))) for m in ("F32", "INT8"))
+        fit = max(1, int(self.cache_budget * self.n_samples // max(size, 1)))
+        if fit >= self.n_samples:
+            self.groups = [list(range(len(self.batches)))]
+            return
+        if fit < step:
+            self._split(feeds, fit)
+        per = max(1, fit // max(self.samples))
+        self.groups = [list(range(a, min(len(self.batches), a + per))) for a in range(0, len(self.batches), per)]
+        self._note(f"the tensors of {self.n_samples} inference samples need {size / 2**30:.1f} GiB, more than the "
+                   f"cache budget ({self.cache_budget / 2**30:.1f} GiB): candidates are measured on "
+                   f"{len(self.groups)} groups of samples in turn, each group's tensors cached while it runs")
 
     # ----------------------------------------------------------------------------------------- lowering
     def lowered(self, cand: Candidate) -> Graph:
@@ -213,48 +222,77 @@ class Engine:
         return out
 
     # ----------------------------------------------------------------------------------------- running
+    def _load(self, ref: Reference, group: list[int], base: Reference | None = None) -> int:
+        """Makes `ref` hold its tensors of the batches of `group` (computed from `base` where it holds that batch,
+        else by a full run); with several sample groups, every other reference (but `base`) lets its tensors go
+        first, so that one group is in memory at a time. Returns the ops run per batch (0: all were held)."""
+        if len(self.groups) > 1:
+            for r in list(self._holding):
+                if r is not base:
+                    for b in [b for b in r.values if r is not ref or b not in group]:
+                        del r.values[b]
+        self._holding.add(ref)
+        interp = dirty = None
+        ran = 0
+        for b in group:
+            if b in ref.values:
+                continue
+            interp = interp or Interpreter(ref.graph)
+            if base is not None and b in base.values:
+                dirty = dirty if dirty is not None else self._dirty(ref.graph, ref.sig, base)
+                have = base.values[b]
+                want = [name for name in ref.kept if name in dirty or name not in have]
+                todo = self._closure(ref.graph, set(dirty) | set(want), have)
+                env = interp.run_from(have, todo, keep=want)
+                ref.values[b] = {name: env[name] if name in env else have[name] for name in ref.kept}
+                ran = max(ran, len(todo))
+            else:
+                kept = set(ref.kept)
+                ref.values[b] = {k: v for k, v in interp.run(self.batches[b], keep=kept).items() if k in kept}
+                ran = len(ref.graph.nodes)
+        return ran
+
+    def _order(self, ref: Reference | None) -> list[list[int]]:
+        """The sample groups, those `ref` holds first (they need no run)."""
+        if ref is None:
+            return list(self.groups)
+        return sorted(self.groups, key=lambda grp: not all(b in ref.values for b in grp))
+
     def reference(self, cand: Candidate, base: Reference | None = None) -> Reference:
-        """Runs `cand` and caches its tensors (all of them, or the subset `cache_budget` allows: `_kept`), the base
-        the next candidates are measured from; with `base`, only what differs from it runs."""
+        """Runs `cand` and caches its tensors (all of them, or the subset `cache_budget` allows: `_kept`; with
+        several sample groups, those of the last group run), the base the next candidates are measured from;
+        with `base`, only what differs from it runs."""
         lg = self.lowered(cand)
-        interp = Interpreter(lg)
-        sig = self._signature(lg)
-        kept = self._kept(lg)
-        if base is not None and base.sig:
-            dirty = self._dirty(lg, sig, base)
-            have = base.values[0]
-            want = [name for name in kept if name in dirty or name not in have]
-            todo = self._closure(lg, set(dirty) | set(want), have)
-            values = []
-            for b in range(len(self.batches)):
-                env = interp.run_from(base.values[b], todo, keep=want)
-                values.append({name: env[name] if name in env else base.values[b][name] for name in kept})
-            ref = Reference(lg, values, sig, Score(float("nan"), {}))
-            ref.score = self._score(lg, values, values, len(todo))
-            return ref
-        values = [{name: v for name, v in interp.run(b, keep=kept).items() if name in kept} for b in self.batches]
-        ref = Reference(lg, values, sig, Score(float("nan"), {}))
-        if self._float_targets is not None:
-            ref.score = self._score(lg, values, values, len(lg.nodes))
+        ref = Reference(lg, {}, self._signature(lg), Score(float("nan"), {}), self._kept(lg))
+        sums: dict[int, dict] = {}
+        computed = 0
+        for grp in self._order(base):
+            computed = max(computed, self._load(ref, grp, base))
+            nodes = lg.node_map()
+            for b in grp:
+                if b not in self._float_targets:          # the first run: the float module's
+                    self._float_targets[b] = [self._target(b, name, lg, nodes, {}, ref.values[b])
+                                              for name, _ in self.compare]
+                sums[b] = self._sums(lg, nodes, b, ref.values[b], ref.values[b])
+        ref.score = self._combine(sums, computed, len(lg.nodes))
         return ref
 
     def _kept(self, lg: Graph) -> list[str]:
-        """Names of the tensors of `lg` a reference caches: all of them when they fit `cache_budget`, else the
-        inputs, weights and compared tensors and, of the rest, a share spread evenly over the program (a tensor
-        is kept while the bytes kept so far stay within budget/total of the bytes seen so far), so that what a
-        candidate must recompute from the nearest cached tensors stays short."""
+        """Names of the tensors of `lg` a reference caches: all of them when one sample group's fit
+        `cache_budget`, else (one sample is more than the budget) the inputs, weights and compared tensors and,
+        of the rest, a share spread evenly over the program (a tensor is kept while the bytes kept so far stay
+        within budget/total of the bytes seen so far), so that what a candidate must recompute from the nearest
+        cached tensors stays short."""
         names = [n.name for n in lg.nodes if n.op != "top.none"]
-        total = self.cache_bytes(lg)
+        group = max(sum(self.samples[b] for b in grp) for grp in self.groups)
+        total = self.cache_bytes(lg) * group / self.n_samples
         if total <= self.cache_budget:
             return names
-        if not self._warned:
-            self._warned = True
-            print(f"note: the tensors of {self.n_samples} inference samples need {total / 2**30:.1f} GiB, more "
-                  f"than the cache budget ({self.cache_budget / 2**30:.1f} GiB): "
-                  f"{100 * self.cache_budget / total:.0f} % of them are cached, candidates recompute the rest",
-                  file=sys.stderr)
+        self._note(f"the tensors of one inference sample need {total / 2**30:.1f} GiB, more than the cache "
+                   f"budget ({self.cache_budget / 2**30:.1f} GiB): {100 * self.cache_budget / total:.0f} % of "
+                   f"them are cached, candidates recompute the rest")
         share = self.cache_budget / total
-        per = self.n_samples / self._declared(lg)
+        per = group / self._declared(lg)
         must = set(lg.inputs) | {self._lname(lg, name) for name, _ in self.compare}
         out, seen, held = [], 0.0, 0.0
         for n in lg.nodes:
@@ -266,6 +304,22 @@ class Engine:
                 out.append(n.name)
                 held += size
         return out
+
+    def _note(self, text: str) -> None:
+        if not self._warned:
+            self._warned = True
+            print(f"note: {text}", file=sys.stderr)
+
+    def _split(self, feeds: dict, step: int) -> None:
+        """Batches of `step` samples (`self.batches`, `self.samples`) and the sample groups over them."""
+        first = self.graph.inputs[0]
+        declared = self._declared(self.graph)
+        total = np.asarray(feeds[first]).shape[0] // declared
+        self.batches = [{k: np.asarray(v)[a * declared:min(total, a + step) * declared] for k, v in feeds.items()}
+                        for a in range(0, total, step)]
+        self.samples = [min(total, a + step) - a for a in range(0, total, step)]
+        self.n_samples = total
+        self.groups = [[b] for b in range(len(self.batches))]
 
     @staticmethod
     def _closure(lg: Graph, todo: set, have) -> set:
@@ -303,63 +357,89 @@ class Engine:
         v = env[lname] if lname in env else cached[lname]
         return real_value(nodes[lname], v)
 
-    def _score(self, lg: Graph, envs: list[dict], cached: list[dict], computed: int) -> Score:
-        nodes = lg.node_map()
-        sums = {name: 0.0 for name, _ in self.compare}
-        for b, n in enumerate(self.samples):
-            for k, (name, _) in enumerate(self.compare):
-                q = self._target(b, name, lg, nodes, envs[b], cached[b])
-                f = self._float_targets[b][k]
-                if self.post_process is not None:
-                    c = [self.metric(_flat(self.post_process(f[i:i + 1])),
-                                     _flat(self.post_process(q[i:i + 1])), 1)[0] for i in range(n)] \
-                        if f.ndim and f.shape[0] % n == 0 else \
-                        [self.metric(_flat(self.post_process(f)), _flat(self.post_process(q)), 1)[0]] * n
-                    sums[name] += float(np.sum(c))
-                else:
-                    sums[name] += float(self.metric(f, q, n).sum())
-        per = {name: s / self.n_samples for name, s in sums.items()}
+    def _sums(self, lg: Graph, nodes: dict, b: int, env: dict, cached: dict) -> dict[str, np.ndarray]:
+        """Per compared tensor, the metric against the float targets of each sample of batch b."""
+        n = self.samples[b]
+        out = {}
+        for k, (name, _) in enumerate(self.compare):
+            q = self._target(b, name, lg, nodes, env, cached)
+            f = self._float_targets[b][k]
+            if self.post_process is not None:
+                c = [self.metric(_flat(self.post_process(f[i:i + 1])),
+                                 _flat(self.post_process(q[i:i + 1])), 1)[0] for i in range(n)] \
+                    if f.ndim and f.shape[0] % n == 0 else \
+                    [self.metric(_flat(self.post_process(f)), _flat(self.post_process(q)), 1)[0]] * n
+                out[name] = np.asarray(c, np.float64)
+            else:
+                out[name] = np.asarray(self.metric(f, q, n), np.float64)
+        return out
+
+    def _combine(self, sums: dict[int, dict], computed: int, total: int) -> Score:
+        """The score from every batch's `_sums` (summed in sample order, however the batches were grouped)."""
+        per = {name: float(np.concatenate([sums[b][name] for b in sorted(sums)]).sum()) / self.n_samples
+               for name, _ in self.compare}
         wsum = sum(w for _, w in self.compare)
         cos = sum(per[name] * w for name, w in self.compare) / wsum
-        return Score(float(cos), per, computed, len(lg.nodes))
+        return Score(float(cos), per, computed, total)
 
-    def score(self, cand: Candidate, ref: Reference | None = None) -> Score:
-        """Scores one candidate, running only what differs from `ref` (the float reference by default)."""
-        ref = ref or self.float_ref
+    def _score_group(self, cand: Candidate, ref: Reference, group: list[int]) -> tuple[dict, int, int]:
+        """(the `_sums` of each batch of `group`, ops run per batch, ops in all) of `cand`, run from `ref`'s
+        tensors of those batches (which it holds)."""
         lg = self.lowered(cand)
         dirty = self._dirty(lg, self._signature(lg), ref)
         interp = Interpreter(lg)
+        nodes = lg.node_map()
         want = {self._lname(lg, name) for name, _ in self.compare}
-        todo = self._closure(lg, set(dirty) | (want - set(ref.values[0])), ref.values[0])
-        envs = [interp.run_from(ref.values[b], todo, keep=want) for b in range(len(self.batches))]
-        self.evaluations += 1
-        return self._score(lg, envs, ref.values, len(todo))
+        have = ref.values[group[0]]
+        todo = self._closure(lg, set(dirty) | (want - set(have)), have)
+        sums = {}
+        for b in group:
+            env = interp.run_from(ref.values[b], todo, keep=want)
+            sums[b] = self._sums(lg, nodes, b, env, ref.values[b])
+        return sums, len(todo), len(lg.nodes)
 
-    def evaluate(self, cands: list[Candidate], ref: Reference | None = None, desc: str = "candidates") \
-            -> list[Score]:
-        """Scores of `cands` in order, on the worker processes when there are several."""
+    def score(self, cand: Candidate, ref: Reference | None = None) -> Score:
+        """Scores one candidate, running only what differs from `ref` (the float reference by default)."""
+        return self.evaluate([cand], ref, progress_bar=False)[0]
+
+    def evaluate(self, cands: list[Candidate], ref: Reference | None = None, desc: str = "candidates",
+                 progress_bar: bool = True) -> list[Score]:
+        """Scores of `cands` in order, on the worker processes when there are several; with several sample
+        groups, every candidate on one group after the other (each group's reference tensors in memory once)."""
         ref = ref or self.float_ref
-        bar = progress(len(cands), desc, unit="candidate") if self.show_progress else None
-        out: list[Score] = []
+        many = len(self.groups) > 1
+        bar = progress(len(cands) * len(self.groups), desc + (f" ({len(self.groups)} sample groups)" if many else
+                                                              ""), unit="candidate") \
+            if self.show_progress and progress_bar and cands else None
+        sums: list[dict] = [{} for _ in cands]
+        runs = [(0, 0)] * len(cands)
         try:
-            if self.workers <= 1 or len(cands) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-                for c in cands:
-                    out.append(self.score(c, ref))
-                    if bar:
-                        bar.update(1)
-            else:
-                ctx = multiprocessing.get_context("fork")
-                # forked children inherit the engine and the caches (copy-on-write): nothing large is pickled
-                with ctx.Pool(min(self.workers, len(cands)), initializer=_init_worker, initargs=(self, ref)) as pool:
-                    for s in pool.imap(_score_in_worker, cands, chunksize=1):
-                        out.append(s)
+            for grp in self._order(ref):
+                self._load(ref, grp)
+                if self.workers <= 1 or len(cands) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+                    results = (self._score_group(c, ref, grp) for c in cands)
+                    pool = None
+                else:
+                    ctx = multiprocessing.get_context("fork")
+                    # forked children inherit the engine and the caches (copy-on-write): nothing large is pickled
+                    pool = ctx.Pool(min(self.workers, len(cands)), initializer=_init_worker,
+                                    initargs=(self, ref, grp))
+                    results = pool.imap(_score_in_worker, cands, chunksize=1)
+                try:
+                    for k, (s, ran, total) in enumerate(results):
+                        sums[k].update(s)
+                        runs[k] = (max(runs[k][0], ran), total)
                         if bar:
                             bar.update(1)
-                self.evaluations += len(cands)
+                finally:
+                    if pool is not None:
+                        pool.terminate()
+                        pool.join()
         finally:
             if bar:
                 bar.close()
-        return out
+        self.evaluations += len(cands)
+        return [self._combine(s, ran, total) for s, (ran, total) in zip(sums, runs)]
 
 
 def _physical_memory() -> int:
@@ -369,14 +449,14 @@ def _physical_memory() -> int:
         return 8 << 30
 
 
-_WORKER: tuple | None = None        # (engine, reference) of this worker process, set once when it starts
+_WORKER: tuple | None = None        # (engine, reference, group) of this worker process, set when it starts
 
 
-def _init_worker(engine: Engine, ref: Reference) -> None:
+def _init_worker(engine: Engine, ref: Reference, group: list[int]) -> None:
     global _WORKER
-    _WORKER = (engine, ref)
+    _WORKER = (engine, ref, group)
 
 
-def _score_in_worker(cand: Candidate) -> Score:
-    engine, ref = _WORKER
-    return engine.score(cand, ref)
+def _score_in_worker(cand: Candidate):
+    engine, ref, group = _WORKER
+    return engine._score_group(cand, ref, group)

@@ -1,17 +1,20 @@
 """Converters for convolutional classifiers and detectors (conv family, pools, norms, resize, pad, split, ...).
 
-Two import-time rewrites keep the graph what TPU-MLIR's canonicalization would make of it:
+Three import-time rewrites keep the graph what TPU-MLIR's canonicalization would make of it:
 - a constant zero Pad in front of a Conv is folded into the conv's pads (the Pad disappears when nothing else
   reads it);
 - a BatchNormalization whose input is a Conv/ConvTranspose read by nothing else, with constant weights, is folded
   into that conv (filter and bias rewritten); the fused op carries the BatchNormalization's output name, which is
   the tensor it produces. Any other BatchNormalization becomes a per-channel top.scale.
+- likewise a Mul or Add by a per-channel constant (one value, or one per channel) of such a conv's output
+  (PP-LCNetV3's learnable affine blocks: conv, then x * s + b): each would otherwise be one more int8 tensor
+  and one more layer for the searches to measure.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..onnx_import import converter
+from ..onnx_import import converter, fusion
 
 F32 = np.float32
 
@@ -191,7 +194,7 @@ def batch_norm(imp, node):
     eps = float(imp.attr("epsilon", 1e-5))
     scale = gamma / np.sqrt(var + eps)
     bias = beta - mean * scale
-    folded = _fold_into_conv(imp, node, x, scale, bias)
+    folded = _fold_into_conv(imp, node.input[0], x, scale, bias)
     if folded is not None:
         return folded
     dt = x.dtype
@@ -199,10 +202,41 @@ def batch_norm(imp, node):
                                   imp.const(bias.astype(dt), imp.out_name() + "_bias")])
 
 
-def _fold_into_conv(imp, node, x, scale, bias):
+@fusion("Mul", "Add")
+def affine_into_conv(imp, node):
+    """Mul/Add of a conv's output by a per-channel constant, folded into the conv (module docstring)."""
+    a, b = imp.input(0), imp.input(1)
+    if a is None or b is None or a.const == b.const or len(node.input) != 2:
+        return None
+    k = 1 if a.const else 0
+    x, c = (b, a) if a.const else (a, b)
+    per = _per_channel(c.data, x.shape)
+    if per is None or np.dtype(x.dtype).kind != "f":
+        return None
+    scale, bias = (per, np.zeros_like(per)) if node.op_type == "Mul" else (np.ones_like(per), per)
+    return _fold_into_conv(imp, node.input[k], x, scale, bias)
+
+
+def _per_channel(c: np.ndarray, shape) -> np.ndarray | None:
+    """`c` as one float64 value per channel (axis 1) of a tensor of `shape`, when broadcasting it against that
+    tensor multiplies or adds per channel only and leaves the shape as it is; else None."""
+    c = np.asarray(c)
+    if len(shape) < 2 or c.ndim > len(shape) or np.dtype(c.dtype).kind != "f":
+        return None
+    full = (1,) * (len(shape) - c.ndim) + tuple(c.shape)
+    ch = int(shape[1])
+    if any(d != 1 for i, d in enumerate(full) if i != 1) or full[1] not in (1, ch):
+        return None
+    return np.broadcast_to(np.asarray(c, np.float64).reshape(-1), (ch,)) if full[1] == ch else \
+        np.full(ch, float(c.reshape(-1)[0]))
+
+
+def _fold_into_conv(imp, src: str, x, scale, bias):
+    """Folds y = x * scale + bias (per channel) into the conv producing x, when nothing else reads x (the ONNX
+    tensor `src`); returns the folded conv's value, else None."""
     st = _state(imp)
     info = st["convs"].get(x.name) if not x.const else None
-    if info is None or st["consumers"].get(node.input[0], 0) != 1:
+    if info is None or st["consumers"].get(src, 0) != 1:
         return None
     op, cx, w, b, attrs = info
     if not w.const or (b is not None and not b.const):

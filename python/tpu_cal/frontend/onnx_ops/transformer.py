@@ -413,6 +413,41 @@ def fuse_gelu(imp, node):
     return None
 
 
+def _clip_bounds(imp, n):
+    """(min, max) of an ONNX Clip node as floats (attributes before opset 11, constant inputs after), or None."""
+    import onnx
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+    lo, hi = attrs.get("min"), attrs.get("max")
+    if len(n.input) > 1 and n.input[1]:
+        lo = _scalar(imp, n.input[1])
+    if len(n.input) > 2 and n.input[2]:
+        hi = _scalar(imp, n.input[2])
+    return None if lo is None or hi is None else (float(lo), float(hi))
+
+
+@fusion("Div", "Mul")
+def fuse_hard_swish(imp, node):
+    """x * clip(x + 3, 0, 6) / 6 (PaddlePaddle's exported hardswish, in any order of the product) as one
+    top.hardswish: TPU-MLIR's op, one int8 tensor instead of four, one layer for the searches."""
+    k, ts = _factors(imp, node.output[0], root=True)
+    if len(ts) != 2 or not _close(k, 1 / 6):
+        return None
+    for c, x in (ts, ts[::-1]):
+        clip = _prod(imp, c, "Clip")
+        if clip is None or not _single_use(imp, c) or _clip_bounds(imp, clip) != (0.0, 6.0):
+            continue
+        add = _prod(imp, clip.input[0], "Add")
+        if add is None or not _single_use(imp, clip.input[0]) or len(add.input) != 2 or x not in add.input:
+            continue
+        if not _close(_scalar(imp, _other(add, x)), 3.0):
+            continue
+        xv = imp.env[x]
+        if xv.const or not xv.shape or not np.issubdtype(xv.dtype, np.floating):
+            return None
+        return imp.emit("top.hardswish", [xv], {}, name=node.output[0] + "_HardSwish")
+    return None
+
+
 @fusion("Add")
 def fuse_matmul_bias(imp, node):
     if len(node.input) != 2:
