@@ -127,6 +127,8 @@ def test_depthwise_methods_agree(s, p, d, hw):
 # ----------------------------------------------------------------------------------------------- ConvTranspose
 DECONV_CASES = {
     "k2s2": dict(c=4, co=3, k=(2, 2), attrs=dict(strides=[2, 2])),
+    "k2s2_groups_pads": dict(c=4, co=6, k=(2, 2), g=2, attrs=dict(strides=[2, 2], pads=[1, 0, 0, 1])),
+    "k3s3": dict(c=3, co=2, k=(3, 3), attrs=dict(strides=[3, 3])),
     "k3s2_pad_outpad": dict(c=3, co=4, k=(3, 3), attrs=dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])),
     "asym": dict(c=3, co=2, k=(3, 4), attrs=dict(strides=[2, 3], pads=[0, 1, 2, 0])),
     "groups": dict(c=4, co=6, k=(3, 3), g=2, attrs=dict(strides=[2, 2], pads=[1, 1, 1, 1])),

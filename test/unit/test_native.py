@@ -184,3 +184,49 @@ def test_one_pass_update_matches_numpy(monkeypatch, kw):
     if kw.get("moments"):
         assert a.m3 == pytest.approx(b.m3, rel=1e-9, abs=1e-6)
         assert a.m4 == pytest.approx(b.m4, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------- elementwise kernels
+def _both(monkeypatch, fn):
+    """fn() with the native kernels, then with the numpy paths (TPU_CAL_NO_NATIVE)."""
+    with_native = fn()
+    monkeypatch.setenv("TPU_CAL_NO_NATIVE", "1")
+    with_numpy = fn()
+    monkeypatch.delenv("TPU_CAL_NO_NATIVE")
+    return with_native, with_numpy
+
+
+def test_hardswish_kernel_matches_numpy(builds, monkeypatch):
+    from tpu_cal.interp.kernels.elementwise import _hardswish
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(300_001) * 4).astype(np.float32)
+    x[:8] = [np.nan, np.inf, -np.inf, -3.0, 3.0, 0.0, -0.0, 1e-38]
+    with np.errstate(invalid="ignore"):                 # Inf * 0
+        ref = x * np.clip(x / np.float32(6) + np.float32(0.5), 0, 1)   # the kernel's definition, in numpy
+        nat, num = _both(monkeypatch, lambda: _hardswish(x))
+    np.testing.assert_array_equal(nat.view(np.uint32)[8:], ref.view(np.uint32)[8:])
+    np.testing.assert_array_equal(nat, ref)             # NaN where numpy has NaN
+    np.testing.assert_array_equal(num, ref)
+    for name, lib in builds.items():                    # every build: the same bits
+        out = np.empty_like(x)
+        lib.tc_hardswish(x.ctypes.data, out.ctypes.data, x.size)
+        np.testing.assert_array_equal(out, ref, err_msg=name)
+
+
+@pytest.mark.parametrize("b_shape", [(2, 5, 40, 40), (2, 5, 1, 1), (1,), (), (2, 1, 1, 1), (5, 1, 1)])
+def test_table_lookups_match_numpy(builds, monkeypatch, b_shape):
+    from tpu_cal.interp.kernels.tpu import _lookup, _lookup2
+    rng = np.random.default_rng(6)
+    a = rng.integers(-128, 128, (2, 5, 40, 40)).astype(np.int8)
+    b = rng.integers(-128, 128, b_shape).astype(np.int8)
+    t2 = rng.integers(-128, 128, 65536).astype(np.int8)
+    ref = t2.reshape(256, 256)[a.view(np.uint8)[...], np.broadcast_to(b.view(np.uint8), a.shape)]
+    for x, y in ((a, b), (b, a)):                       # the broadcast operand on either side
+        want = ref if x is a else t2.reshape(256, 256)[np.broadcast_to(b.view(np.uint8), a.shape), a.view(np.uint8)]
+        nat, num = _both(monkeypatch, lambda: _lookup2(t2, x, y))
+        np.testing.assert_array_equal(nat, want)
+        np.testing.assert_array_equal(num, want)
+    t1 = rng.integers(0, 256, 256).astype(np.uint8)
+    nat, num = _both(monkeypatch, lambda: _lookup(t1, a))
+    np.testing.assert_array_equal(nat, t1[a.view(np.uint8)])
+    np.testing.assert_array_equal(num, t1[a.view(np.uint8)])

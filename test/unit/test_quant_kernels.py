@@ -533,6 +533,31 @@ def test_requant_fast_paths_equal_quant_requantize(seed):
     assert (("fused", False, False) in modes) and any(m_[1] for m_ in modes)     # partly fused; ties
 
 
+@pytest.mark.parametrize("native_kernels", [True, False])
+def test_requant_on_large_accumulators_native_and_numpy(native_kernels, monkeypatch):
+    """Accumulators large enough for the native fused pass (elementwise_kernel.c), per row, per column and per
+    tensor, against quant.requantize; the numpy path alone gives the same."""
+    if not native_kernels:
+        monkeypatch.setenv("TPU_CAL_NO_NATIVE", "1")
+    r = rng(7)
+    fused = 0
+    for trial in range(12):
+        C = [1, 5, 16][trial % 3]
+        m, sh = quant.multiplier_shift(r.uniform(1e-5, 0.02, C))
+        q = quant.QType(["i8", "u8"][trial % 2], 0.1, [0, 3][trial % 2])
+        bound = 2 ** 18
+        acc = r.integers(-bound, bound + 1, (2, C, 3001)).astype(np.float32)
+        bias = r.integers(-2 ** 16, 2 ** 16, C) if trial % 4 < 2 else None
+        full = acc.astype(np.int64) + (0 if bias is None else bias.reshape(1, -1, 1))
+        want = quant.requantize(full, m, sh, q.zero_point, q, axis=1)
+        rq = tpuk.Requant(m, sh, q, q.zero_point, bias, np.full(C, bound))
+        fused += rq.mode == "fused"
+        np.testing.assert_array_equal(rq(acc, 1 if C > 1 else None), want)
+        cols = np.ascontiguousarray(acc.transpose(0, 2, 1))
+        np.testing.assert_array_equal(rq(cols, -1 if C > 1 else None), want.transpose(0, 2, 1))
+    assert fused >= 6
+
+
 # ----------------------------------------------------------------------------------------------- tables
 def _all_bytes(shape=(2, 128), storage="i8", seed=0):
     v = np.arange(256, dtype=np.uint8).view(np.int8 if storage != "u8" else np.uint8)

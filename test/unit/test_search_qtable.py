@@ -102,24 +102,27 @@ def test_workers_and_cache_budget_give_the_same_scores(model):
     cands = [Candidate(modes={n: "INT8"}, default="F32") for n in ("c1_Conv", OUTLIER, "c3_Conv", "out_Conv")]
     whole = _engine(model, 1)[3]
     one = [s.cos for s in whole.evaluate(cands)]
-    assert len(whole.groups) == 1
+    assert len(whole.float_ref.groups) == 1
     two = [s.cos for s in _engine(model, 2)[3].evaluate(cands)]
     assert one == two
     cached = whole.evaluate(cands)
     mix = Candidate(modes={"r2_Relu": "F16"})
     mixed = whole.reference(mix, base=whole.reference(Candidate()))
     per_sample = whole.cache_bytes(whole.float_ref.graph) / whole.n_samples
-    # the budget of 4 samples: every candidate runs on one group of samples after the other (3 and 3 and 2
-    # samples: batches of 3), each group's tensors all cached
+    # the budget of 4 float samples: every candidate runs on one group of samples after the other (3 and 3 and 2
+    # samples: batches of 3), each group's float tensors all cached; int8 tensors take a quarter: one group
     eng = _engine(model, 2, cache_budget=int(4.5 * per_sample))[3]
-    assert [sum(eng.samples[b] for b in g) for g in eng.groups] == [3, 3, 2]
+    assert [sum(eng.samples[b] for b in g) for g in eng.float_ref.groups] == [3, 3, 2]
     grouped = eng.evaluate(cands)
     assert [s.cos for s in grouped] == one and [s.computed for s in grouped] == [s.computed for s in cached]
     base = eng.reference(Candidate())
+    assert len(base.groups) == 1 and len(base.values) == len(eng.batches)
     assert eng.reference(mix, base=base).score.cos == mixed.score.cos
-    # one group's tensors in memory at a time, over every reference (the last reference: the last group)
-    held = [(r, b) for r in (eng.float_ref, base) for b in r.values]
-    assert len(held) <= 1 and all(b == len(eng.batches) - 1 for _, b in held)
+    assert [s.cos for s in eng.evaluate([Candidate(modes={"r2_Relu": "F16"})], base)] == \
+        [s.cos for s in whole.evaluate([Candidate(modes={"r2_Relu": "F16"})], whole.reference(Candidate()))]
+    # at most one group of the references with several in memory at a time, over all of them
+    held = [b for r in eng._holding if len(r.groups) > 1 for b in r.values]
+    assert len(held) <= 1 and len(eng.float_ref.values) <= 1
     # no tensor cached (one sample over the budget): candidates run every op of the graph, same scores
     eng = _engine(model, 1, cache_budget=0)[3]
     full = eng.evaluate(cands)
@@ -127,7 +130,7 @@ def test_workers_and_cache_budget_give_the_same_scores(model):
     assert [s.cos for s in full] == one and all(s.computed >= k for s, k in zip(full, ops))   # (+ new weights)
     # part of one sample's tensors cached: what a candidate reads and is not cached is recomputed; same scores
     eng = _engine(model, 1, cache_budget=int(per_sample // 2))[3]
-    assert len(eng.groups) == eng.n_samples
+    assert len(eng.float_ref.groups) == eng.n_samples
     assert 0 < len(eng.float_ref.values[len(eng.batches) - 1]) < len(whole.float_ref.values[0])
     part = eng.evaluate(cands)
     assert [s.cos for s in part] == one

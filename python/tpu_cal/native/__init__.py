@@ -1,5 +1,6 @@
-"""Native kernels: two C files (stats_kernel.c, the statistics of `tpu_cal.stats`; conv_kernel.c, the depthwise
-convolution of the interpreter), compiled together on first use with the system C compiler and loaded with ctypes.
+"""Native kernels: three C files (stats_kernel.c, the statistics of `tpu_cal.stats`; conv_kernel.c, the depthwise
+convolution of the interpreter; elementwise_kernel.c, its hardswish, int8 table lookups and requantization), compiled together on
+first use with the system C compiler and loaded with ctypes.
 
 The shared library goes to the cache folder (``tpu_cal.zoo.cache_dir("native")``), named by a hash of the sources,
 the compiler, the flags and, for a build tuned to this CPU, the CPU's instruction-set features, so an edited source
@@ -29,7 +30,7 @@ import sysconfig
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = tuple(os.path.join(HERE, f) for f in ("stats_kernel.c", "conv_kernel.c"))
+SOURCES = tuple(os.path.join(HERE, f) for f in ("stats_kernel.c", "conv_kernel.c", "elementwise_kernel.c"))
 FLAGS = ("-std=c99", "-O3", "-ffp-contract=off", "-fPIC", "-shared")    # portable: any machine of the architecture
 TUNED = ("-march=native",)          # added where the CPU's features key the build (see `cpu_features`)
 
@@ -141,12 +142,20 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.tc_update.restype = ctypes.c_int
     lib.tc_dwconv2d.argtypes = [p, p, p, p] + [i64] * 15
     lib.tc_dwconv2d.restype = None
+    lib.tc_hardswish.argtypes = [p, p, i64]
+    lib.tc_hardswish.restype = None
+    lib.tc_lookup.argtypes = [p, p, p, i64]
+    lib.tc_lookup.restype = None
+    lib.tc_lookup2.argtypes = [p, p, p, p, i64, i64, i64]
+    lib.tc_lookup2.restype = None
+    lib.tc_requant_fused.argtypes = [p, i64, i64, i64, p, p, p, p, i64, i64, ctypes.c_uint8, p]
+    lib.tc_requant_fused.restype = None
     return lib
 
 
 def stats_library() -> ctypes.CDLL | None:
-    """The native kernels (tc_minmax, tc_accumulate: stats_kernel.c; tc_dwconv2d: conv_kernel.c), or None: use
-    the numpy paths."""
+    """The native kernels (tc_minmax, tc_accumulate: stats_kernel.c; tc_dwconv2d: conv_kernel.c; tc_hardswish,
+    tc_lookup, tc_lookup2, tc_requant_fused: elementwise_kernel.c), or None: use the numpy paths."""
     global _lib
     if disabled():
         return None

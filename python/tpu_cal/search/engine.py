@@ -18,9 +18,12 @@ error it no longer has; the deployed module gets the same for the layers the sea
 
 The float activations of the inference samples are computed once (`Engine.float_ref`, the all-F32 lowering)
 and are both the reference the per-layer searches start from and what every score compares against.
-A reference whose tensors would exceed `cache_budget` (default a sixth of the machine's memory) keeps a share of
-them spread over the program, and a candidate recomputes what it reads from the nearest cached tensors
-(`_kept`, `_closure`): slower, same scores.
+A reference whose tensors would exceed `cache_budget` (default a sixth of the machine's memory) splits the
+samples into groups that fit (`_groups`): candidates are measured on one group after the other, and one group of
+such references is in memory at a time (`_load`); the per-sample scores are summed in sample order, so the
+grouping changes no bit. When a single sample's tensors exceed the budget, a reference keeps a share of them
+spread over the program, and a candidate recomputes what it reads from the nearest cached ones (`_kept`,
+`_closure`): slower, same scores.
 Independent candidates run in forked worker processes (`workers`, default all cores), which share the caches
 copy-on-write; results come back in candidate order, so a search is deterministic whatever the worker count.
 """
@@ -69,12 +72,14 @@ class Score:
 @dataclass(eq=False)          # hashed by identity: the engine tracks which references hold tensors
 class Reference:
     """A lowered graph and the values it computes on the inference samples: batch index -> tensors (`kept`) for
-    the batches in memory (all of them unless the engine has several sample groups)."""
+    the batches in memory. `groups`: the batches in groups whose tensors fit the cache budget; with several, one
+    group is in memory at a time (float references of large models: int8 tensors take a quarter of the room)."""
     graph: Graph
     values: dict[int, dict]
     sig: dict[str, tuple]
     score: Score
     kept: list[str]
+    groups: list[list[int]]
 
 
 def _per_sample(a: np.ndarray, b: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,22 +165,28 @@ class Engine:
         del target
 
     def _group(self, feeds: dict, step: int) -> None:
-        """Batches of at most `step` samples, packed into sample groups whose tensors fit `cache_budget` (one
-        group when they all fit): the searches measure every candidate on one group after the other, so that
-        the reference tensors of the whole set never need to be in memory at once."""
+        """Batches of at most `step` samples, fewer when the tensors of `step` samples would not fit
+        `cache_budget` (`_groups` packs them into groups that fit)."""
         self._split(feeds, step)
         size = max(self.cache_bytes(self.lowered(Candidate(default=m))) for m in ("F32", "INT8"))
         fit = max(1, int(self.cache_budget * self.n_samples // max(size, 1)))
-        if fit >= self.n_samples:
-            self.groups = [list(range(len(self.batches)))]
-            return
         if fit < step:
             self._split(feeds, fit)
+
+    def _groups(self, lg: Graph) -> list[list[int]]:
+        """The batches in groups whose tensors of `lg` fit `cache_budget` (one group when they all do): the
+        candidates measured from a reference of `lg` run on one group after the other, so that its tensors for
+        every sample never need to be in memory at once."""
+        size = self.cache_bytes(lg)
+        fit = max(1, int(self.cache_budget * self.n_samples // max(size, 1)))
+        if fit >= self.n_samples:
+            return [list(range(len(self.batches)))]
         per = max(1, fit // max(self.samples))
-        self.groups = [list(range(a, min(len(self.batches), a + per))) for a in range(0, len(self.batches), per)]
+        groups = [list(range(a, min(len(self.batches), a + per))) for a in range(0, len(self.batches), per)]
         self._note(f"the tensors of {self.n_samples} inference samples need {size / 2**30:.1f} GiB, more than the "
                    f"cache budget ({self.cache_budget / 2**30:.1f} GiB): candidates are measured on "
-                   f"{len(self.groups)} groups of samples in turn, each group's tensors cached while it runs")
+                   f"{len(groups)} groups of samples in turn, each group's tensors cached while it runs")
+        return groups
 
     # ----------------------------------------------------------------------------------------- lowering
     def lowered(self, cand: Candidate) -> Graph:
@@ -224,11 +235,12 @@ class Engine:
     # ----------------------------------------------------------------------------------------- running
     def _load(self, ref: Reference, group: list[int], base: Reference | None = None) -> int:
         """Makes `ref` hold its tensors of the batches of `group` (computed from `base` where it holds that batch,
-        else by a full run); with several sample groups, every other reference (but `base`) lets its tensors go
-        first, so that one group is in memory at a time. Returns the ops run per batch (0: all were held)."""
-        if len(self.groups) > 1:
+        else by a full run). When `ref` has several groups, it and every other reference with several (but
+        `base`) first let their tensors go, so that one such group is in memory at a time. Returns the ops run
+        per batch (0: all were held)."""
+        if len(ref.groups) > 1:
             for r in list(self._holding):
-                if r is not base:
+                if r is not base and len(r.groups) > 1:
                     for b in [b for b in r.values if r is not ref or b not in group]:
                         del r.values[b]
         self._holding.add(ref)
@@ -252,21 +264,23 @@ class Engine:
                 ran = len(ref.graph.nodes)
         return ran
 
-    def _order(self, ref: Reference | None) -> list[list[int]]:
-        """The sample groups, those `ref` holds first (they need no run)."""
-        if ref is None:
-            return list(self.groups)
-        return sorted(self.groups, key=lambda grp: not all(b in ref.values for b in grp))
+    @staticmethod
+    def _order(groups: list[list[int]], held: Reference | None) -> list[list[int]]:
+        """`groups`, those whose batches `held` holds first (they need no run)."""
+        if held is None:
+            return list(groups)
+        return sorted(groups, key=lambda grp: not all(b in held.values for b in grp))
 
     def reference(self, cand: Candidate, base: Reference | None = None) -> Reference:
         """Runs `cand` and caches its tensors (all of them, or the subset `cache_budget` allows: `_kept`; with
         several sample groups, those of the last group run), the base the next candidates are measured from;
         with `base`, only what differs from it runs."""
         lg = self.lowered(cand)
-        ref = Reference(lg, {}, self._signature(lg), Score(float("nan"), {}), self._kept(lg))
+        groups = self._groups(lg)
+        ref = Reference(lg, {}, self._signature(lg), Score(float("nan"), {}), self._kept(lg, groups), groups)
         sums: dict[int, dict] = {}
         computed = 0
-        for grp in self._order(base):
+        for grp in self._order(groups, base):
             computed = max(computed, self._load(ref, grp, base))
             nodes = lg.node_map()
             for b in grp:
@@ -277,14 +291,14 @@ class Engine:
         ref.score = self._combine(sums, computed, len(lg.nodes))
         return ref
 
-    def _kept(self, lg: Graph) -> list[str]:
+    def _kept(self, lg: Graph, groups: list[list[int]]) -> list[str]:
         """Names of the tensors of `lg` a reference caches: all of them when one sample group's fit
         `cache_budget`, else (one sample is more than the budget) the inputs, weights and compared tensors and,
         of the rest, a share spread evenly over the program (a tensor is kept while the bytes kept so far stay
         within budget/total of the bytes seen so far), so that what a candidate must recompute from the nearest
         cached tensors stays short."""
         names = [n.name for n in lg.nodes if n.op != "top.none"]
-        group = max(sum(self.samples[b] for b in grp) for grp in self.groups)
+        group = max(sum(self.samples[b] for b in grp) for grp in groups)
         total = self.cache_bytes(lg) * group / self.n_samples
         if total <= self.cache_budget:
             return names
@@ -311,7 +325,7 @@ class Engine:
             print(f"note: {text}", file=sys.stderr)
 
     def _split(self, feeds: dict, step: int) -> None:
-        """Batches of `step` samples (`self.batches`, `self.samples`) and the sample groups over them."""
+        """Batches of `step` samples (`self.batches`, `self.samples`)."""
         first = self.graph.inputs[0]
         declared = self._declared(self.graph)
         total = np.asarray(feeds[first]).shape[0] // declared
@@ -319,7 +333,6 @@ class Engine:
                         for a in range(0, total, step)]
         self.samples = [min(total, a + step) - a for a in range(0, total, step)]
         self.n_samples = total
-        self.groups = [[b] for b in range(len(self.batches))]
 
     @staticmethod
     def _closure(lg: Graph, todo: set, have) -> set:
@@ -407,14 +420,14 @@ class Engine:
         """Scores of `cands` in order, on the worker processes when there are several; with several sample
         groups, every candidate on one group after the other (each group's reference tensors in memory once)."""
         ref = ref or self.float_ref
-        many = len(self.groups) > 1
-        bar = progress(len(cands) * len(self.groups), desc + (f" ({len(self.groups)} sample groups)" if many else
-                                                              ""), unit="candidate") \
+        groups = ref.groups
+        bar = progress(len(cands) * len(groups), desc + (f" ({len(groups)} sample groups)" if len(groups) > 1 else
+                                                         ""), unit="candidate") \
             if self.show_progress and progress_bar and cands else None
         sums: list[dict] = [{} for _ in cands]
         runs = [(0, 0)] * len(cands)
         try:
-            for grp in self._order(ref):
+            for grp in self._order(groups, ref):
                 self._load(ref, grp)
                 if self.workers <= 1 or len(cands) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
                     results = (self._score_group(c, ref, grp) for c in cands)

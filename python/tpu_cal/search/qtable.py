@@ -11,7 +11,9 @@
    of the float layers, whose gains change most (two adjacent float layers drop the int8 tensor between them).
    When no single layer reaches the target, runs of 2-3 consecutive layers around the most sensitive ones are
    measured too (on EfficientNet-Lite0 the stem and block 0's depthwise layer in float together remove most of
-   the int8 error; either alone does little). A run that reaches the target with the fewest layers wins, else
+   the int8 error; either alone does little); as with single layers, a run measured in an earlier round is
+   measured again only when it was among the best or touches the last move. A run that reaches the target with the
+   fewest layers wins, else
    the move with the most gain per layer. The cap is a cap: when the target is not reached, the best mix found
    within it is written and the result says so.
 A conv and the ReLU/ReLU6 that alone reads it are one layer, named by the activation, as TPU-MLIR's fused op is.
@@ -246,11 +248,13 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
         log.info(f"cluster: {len(pool)} sensitive layer(s) in the high-loss cluster")
     pool = pool[:max(POOL_MIN, 2 * cfg.max_float_layers)]
     cur: Score = ref.score
-    gains: dict[str, float] = {}
+    gains: dict[str, float] = {}            # layer -> cos with it float, when last measured
+    run_gains: dict[tuple, float] = {}      # run of layers -> cos with it float, when last measured
     chains = Chains(graph, layers)
     # the producers and consumers of a float layer gain most from it (together they drop the int8 tensor between
     # them), so they join the candidates of the next rounds
     near: list[str] = []
+    last_near: list[str] = []               # the neighbours of the last move's layers
 
     def mix(extra) -> Candidate:
         return Candidate(modes={c: cfg.float_mode for c in chosen + list(extra)}, thresholds=best_th,
@@ -260,8 +264,7 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
         sc = engine.evaluate([mix(m) for m in moves], ref, desc=f"float layer {len(chosen) + 1}{what}")
         for m, x in zip(moves, sc):
             log.info(f"try float layers {chosen + list(m)}: outputs_cos = {x.cos}")
-            if len(m) == 1:
-                gains[m[0]] = x.cos
+            (gains if len(m) == 1 else run_gains)[m if len(m) > 1 else m[0]] = x.cos
         return {m: x.cos for m, x in zip(moves, sc)}
 
     def pick(scores: dict) -> tuple[str, ...] | None:
@@ -287,6 +290,12 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
             for an in dict.fromkeys(anchors):
                 for size in range(2, min(WINDOW_MAX, room) + 1):
                     wins += [w for w in chains.windows(an, size) if not set(w) & set(chosen) and w not in wins]
+            # as for single layers: runs measured in an earlier round are re-measured only when among the best
+            # then (their gains change little when a layer elsewhere goes float) or next to the last move (they
+            # change most); new runs are all measured
+            fresh = [w for w in wins if w not in run_gains or set(w) & set(last_near)]
+            old = sorted((w for w in wins if w not in fresh), key=lambda w: -run_gains[w])
+            wins = fresh + old[:RECHECK]
             if wins:
                 scores.update(measure(wins, " (runs of layers)"))
         best = pick(scores)
@@ -301,10 +310,8 @@ def run(engine: Engine, graph: Graph, stats: dict, op_types: dict, cfg: QtableCo
             chosen.append(layer)
             if layer in pool:
                 pool.remove(layer)
-        for layer in best:
-            for nb in chains.neighbours(layer):
-                if nb not in chosen and nb not in near:
-                    near.append(nb)
+        last_near = [nb for layer in best for nb in chains.neighbours(layer) if nb not in chosen]
+        near += [nb for nb in dict.fromkeys(last_near) if nb not in near]
         ref = engine.reference(mix(()), base=ref)
         cur = ref.score
         for layer in best:

@@ -5,7 +5,11 @@ import math
 
 import numpy as np
 
+from ... import native
 from ..core import impl, impl_inplace
+from .nn import _chunks, _parallel
+
+_NATIVE_MIN = 1 << 12      # elements below which a ctypes call costs more than numpy's pass
 
 from scipy.special import erf as _erf
 
@@ -27,6 +31,27 @@ def _clip(x, lo, hi):
     return np.clip(x, lo, hi)
 
 
+def _hardswish(x):
+    """x * clip(x/6 + 1/2, 0, 1): the native kernel on float32 (one pass, by pieces on the kernel threads), else
+    numpy with one temporary; the same operations on the same types, so the same bits either way."""
+    x = np.asarray(x)
+    lib = native.stats_library() if x.dtype == np.float32 and x.size >= _NATIVE_MIN else None
+    if lib is not None:
+        src = np.ascontiguousarray(x)
+        out = np.empty_like(src)
+        a, y = src.ctypes.data, out.ctypes.data
+        _parallel(lambda c: lib.tc_hardswish(a + 4 * c[0], y + 4 * c[0], c[1] - c[0]),
+                  _chunks(src.size, 1 << 16))
+        return out
+    t = np.asarray(x / np.float32(6))
+    if t.dtype.kind != "f":
+        return x * np.clip(t + np.float32(0.5), 0, 1)
+    t += np.float32(0.5)
+    np.clip(t, 0, 1, out=t)
+    t *= x
+    return t
+
+
 def _softplus(x):
     return np.logaddexp(0, x)
 
@@ -38,7 +63,7 @@ _UNARY = {
     "sigmoid": lambda n, x: _sigmoid(x),
     "silu": lambda n, x: x * _sigmoid(x),
     "hardsigmoid": lambda n, x: np.clip(x * np.float32(n.attrs["alpha"]) + np.float32(n.attrs["beta"]), 0, 1),
-    "hardswish": lambda n, x: x * np.clip(x / np.float32(6) + np.float32(0.5), 0, 1),
+    "hardswish": lambda n, x: _hardswish(x),
     "gelu": lambda n, x: (0.5 * x * (1 + np.tanh(np.float32(math.sqrt(2 / math.pi)) * (x + np.float32(0.044715) * x ** 3)))
                           if n.attrs["approximate"] == "tanh" else 0.5 * x * (1 + _erf(x / np.float32(math.sqrt(2))))),
     "tanh": lambda n, x: np.tanh(x),

@@ -31,7 +31,7 @@ import dataclasses
 
 import numpy as np
 
-from ... import quant
+from ... import native, quant
 from ...errors import UserError
 from ...graph import Graph, Node
 from ...ops import TPU_OPS
@@ -53,6 +53,7 @@ UNARY_OPS = frozenset({"relu", "leaky_relu", "clip", "sigmoid", "silu", "hardsig
 BINARY_OPS = frozenset({"add", "sub", "mul", "div", "pow", "max", "min"})
 
 _CHUNK = 1 << 15          # elements per piece of the elementwise integer passes (stays in L2)
+_NATIVE_MIN = 1 << 12     # elements below which a ctypes call costs more than numpy's pass
 _F32_EXACT = 2.0 ** 24    # integers below this add exactly in float32
 _F64_EXACT = 2.0 ** 53
 
@@ -284,6 +285,19 @@ class Requant:
             cq = per((0 if self.bias is None else self.bias.astype(np.float64)) * self.mult + (0.5 + z - lo_q))
             ob = out.view(np.uint8)
             qshift = np.uint8(lo_q % 256)
+            lib = native.stats_library() if a2.dtype == np.float32 and a2.size >= _NATIVE_MIN else None
+            done = False
+            if lib is not None:     # the same steps in one pass (elementwise_kernel.c)
+                x2 = np.ascontiguousarray(a2)
+                prow, pcol, n = (0, 0, 1) if ax is None else (0, 1, L) if ax == acc.ndim - 1 else (1, 0, R)
+                vals = [np.ascontiguousarray(np.asarray(v, d).reshape(-1))
+                        for v, d in ((mult, np.float64), (cq, np.float64), (lo, np.float32), (hi, np.float32))]
+                if all(v.size == n for v in vals):
+                    args = [v.ctypes.data for v in vals]
+                    _parallel(lambda c: lib.tc_requant_fused(x2.ctypes.data, c[0], c[1], L, *args, prow, pcol,
+                                                             int(qshift), ob.ctypes.data),
+                              [(a, min(R, a + rows)) for a in range(0, R, rows)])
+                    done = True
 
             def work(c):
                 a, b = c
@@ -295,7 +309,8 @@ class Requant:
                 if qshift:
                     o += qshift
 
-            _parallel(work, [(a, min(R, a + rows)) for a in range(0, R, rows)])
+            if not done:
+                _parallel(work, [(a, min(R, a + rows)) for a in range(0, R, rows)])
             if not self.fuse.all():          # the channels the fused formula cannot do exactly: int64
                 bad = ~self.fuse
                 if ax is not None and ax == acc.ndim - 1:
@@ -363,24 +378,63 @@ def _byte_table(q: quant.QType):
 
 
 def _lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """table[x] for a 1-byte x (int8 or uint8) through its bit pattern, in pieces."""
+    """table[x] for a 1-byte x (int8 or uint8) through its bit pattern, in pieces (native for 1-byte tables)."""
     x = np.ascontiguousarray(x)
     src = x.reshape(-1).view(np.uint8)
     out = np.empty(x.shape, table.dtype)
     of = out.reshape(-1)
+    lib = native.stats_library() if table.dtype.itemsize == 1 and src.size >= _NATIVE_MIN else None
+    if lib is not None:
+        t = np.ascontiguousarray(table)
+        ta, sa, oa = t.ctypes.data, src.ctypes.data, of.ctypes.data
 
-    def work(c):
-        a, b = c
-        np.take(table, src[a:b], out=of[a:b])
+        def work(c):
+            lib.tc_lookup(ta, sa + c[0], oa + c[0], c[1] - c[0])
+    else:
+        def work(c):
+            a, b = c
+            np.take(table, src[a:b], out=of[a:b])
 
     _parallel(work, _pieces(src.size, 1 << 16))
     return out
 
 
+def _inner(small: tuple, full: tuple) -> int | None:
+    """How an operand of shape `small` broadcasts over one of shape `full`, for tc_lookup2: 1 (same shape), 0 (a
+    single value), k (one value per run of k elements: the shape is full's leading axes, then ones), else None."""
+    if tuple(small) == tuple(full):
+        return 1
+    if int(np.prod(small)) == 1:
+        return 0
+    s = (1,) * (len(full) - len(small)) + tuple(small)
+    k = len(s)
+    while k and s[k - 1] == 1:
+        k -= 1
+    if len(s) != len(full) or s[:k] != tuple(full[:k]):
+        return None
+    return int(np.prod(full[k:]))
+
+
 def _lookup2(table: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """table[byte(a), byte(b)] (a 256 x 256 table) with numpy broadcasting, by pieces of the leading axis."""
-    A, B = np.broadcast_arrays(a.view(np.uint8), b.view(np.uint8))
+    """table[byte(a), byte(b)] (a 256 x 256 table) with numpy broadcasting: natively when the table holds bytes
+    and one operand has the result's shape and the other is that, one value, or one per leading block
+    (`_inner`); else by pieces of the leading axis with numpy."""
     t2 = table.reshape(256, 256)
+    shape = np.broadcast_shapes(np.shape(a), np.shape(b))
+    lib = native.stats_library() if table.dtype.itemsize == 1 and int(np.prod(shape)) >= _NATIVE_MIN else None
+    if lib is not None:
+        if np.shape(a) != shape:            # the full operand first: the table transposed
+            a, b, t2 = b, a, t2.T
+        inner = _inner(np.shape(b), shape) if np.shape(a) == shape else None
+        if inner is not None:
+            t = np.ascontiguousarray(t2)
+            A = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+            B = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
+            out = np.empty(shape, table.dtype)
+            ta, aa, ba, oa = t.ctypes.data, A.ctypes.data, B.ctypes.data, out.ctypes.data
+            _parallel(lambda c: lib.tc_lookup2(ta, aa, ba, oa, c[0], c[1] - c[0], inner), _pieces(A.size, 1 << 16))
+            return out
+    A, B = np.broadcast_arrays(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
     if A.ndim == 0 or A.shape[0] < 2:
         return t2[A, B]
     out = np.empty(A.shape, table.dtype)
