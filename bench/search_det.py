@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     with open(os.path.join(work, "Search_Qtable")) as f:
         log = f.read()
     layers = int(re.search(r"all search layer number: (\d+)", log).group(1))
-    floats = re.findall(r"^\S+ \| (?:F16|BF16|F32)", m.stdout, re.M)
+    floats = re.findall(r"^\S+\s+\|\s+(?:F16|BF16|F32)\s+\|", m.stdout, re.M)
     evals, search_s = (int(ev.group(1)), float(ev.group(2))) if ev else (0, float("nan"))
     rows = [
         ["ours", f"{m.wall_s:.0f}", f"{TPU_MLIR_S / m.wall_s:.1f}x", layers, f"{evals / search_s:.2f}",
