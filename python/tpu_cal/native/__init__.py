@@ -1,12 +1,12 @@
 """Native kernels: three C files (stats_kernel.c, the statistics of `tpu_cal.stats`; conv_kernel.c, the depthwise
-convolution of the interpreter; elementwise_kernel.c, its hardswish, int8 table lookups and requantization), compiled together on
-first use with the system C compiler and loaded with ctypes.
+convolution of the interpreter; elementwise_kernel.c, its hardswish, int8 table lookups and requantization) and
+the header they share (vector.h), compiled together on first use with the system C compiler and loaded with ctypes.
 
-The shared library goes to the cache folder (``tpu_cal.zoo.cache_dir("native")``), named by a hash of the sources,
-the compiler, the flags and, for a build tuned to this CPU, the CPU's instruction-set features, so an edited source
-gets a fresh build and a cache shared between machines never loads a library built for instructions the CPU
-lacks. Each build writes a temporary file of its own and renames it into place, so processes building at the same
-time never see a partial file.
+The shared library goes to the cache folder (``tpu_cal.zoo.cache_dir("native")``), named by a hash of the sources
+and the header, the compiler, the flags and, for a build tuned to this CPU, the CPU's instruction-set features, so
+an edited source gets a fresh build and a cache shared between machines never loads a library built for
+instructions the CPU lacks. Each build writes a temporary file of its own and renames it into place, so processes
+building at the same time never see a partial file.
 
 Flags: ``-O3 -ffp-contract=off`` plus ``-march=native`` where the CPU's features are known (/proc/cpuinfo) and the
 compiler accepts it (AVX2 / AVX-512 vectors on x86-64: the kernels pick their vector width at compile time);
@@ -31,6 +31,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = tuple(os.path.join(HERE, f) for f in ("stats_kernel.c", "conv_kernel.c", "elementwise_kernel.c"))
+HEADERS = (os.path.join(HERE, "vector.h"),)      # included by the sources: part of the cache key too
 FLAGS = ("-std=c99", "-O3", "-ffp-contract=off", "-fPIC", "-shared")    # portable: any machine of the architecture
 TUNED = ("-march=native",)          # added where the CPU's features key the build (see `cpu_features`)
 
@@ -79,7 +80,7 @@ def _build(tuned: bool) -> str:
     if cc is None:
         raise RuntimeError("no C compiler found ($CC, cc, gcc, clang)")
     sources = []
-    for src in SOURCES:
+    for src in SOURCES + HEADERS:
         with open(src, "rb") as f:
             sources.append(f.read())
     flags = FLAGS + TUNED if tuned else FLAGS
@@ -94,7 +95,8 @@ def _build(tuned: bool) -> str:
     os.close(fd)
     try:
         try:
-            r = subprocess.run([cc, *flags, "-o", tmp, *SOURCES], capture_output=True, text=True, timeout=300)
+            r = subprocess.run([cc, *flags, "-I", HERE, "-o", tmp, *SOURCES], capture_output=True, text=True,
+                               timeout=300)
         except (OSError, subprocess.SubprocessError) as e:
             raise RuntimeError(f"cannot run {cc}: {e}") from None
         if r.returncode:

@@ -18,17 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX512F__)
-#define VL 16
-#elif defined(__AVX__)
-#define VL 8
-#else
-#define VL 4
-#endif
+#include "vector.h"
 #define UB 4            /* output vectors accumulated together over the taps (registers) */
 
-typedef float vf __attribute__((vector_size(VL * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(VL * sizeof(float))));
 #if VL == 16
 #define EVEN ((vi){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30})
 #elif VL == 8
@@ -36,13 +28,6 @@ typedef int32_t vi __attribute__((vector_size(VL * sizeof(float))));
 #else
 #define EVEN ((vi){0, 2, 4, 6})
 #endif
-
-static vf loadv(const float *p)
-{
-    vf v;
-    memcpy(&v, p, sizeof v);     /* unaligned load */
-    return v;
-}
 
 /* the plain loop: taps outside the plane skipped (channels with non-finite weights) */
 static void plane_plain(const float *xp, const float *wc, const float *b, int64_t c, float *yp, int64_t H,

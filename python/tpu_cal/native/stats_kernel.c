@@ -17,28 +17,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX512F__)
-#define VL 16
-#elif defined(__AVX__)
-#define VL 8
-#else
-#define VL 4
-#endif
+#include "vector.h"
 
-typedef float vf __attribute__((vector_size(VL * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(VL * sizeof(float))));
 typedef double v2d __attribute__((vector_size(16)));
 
 #define BLOCK 2048   /* values per block: read from memory once, then from L1 by each loop below */
 #define LANES 4      /* sub-histograms: a run of values in one bin (the zeros after a ReLU) makes LANES
                         independent increment chains instead of one that waits on its own stores */
-
-static vf loadv(const float *p)
-{
-    vf v;
-    memcpy(&v, p, sizeof v);     /* unaligned load */
-    return v;
-}
 
 static vf splat(float x) { return (vf){0} + x; }
 
