@@ -1,12 +1,15 @@
 """Benchmark of search_qtable on PP-OCRv4 det at 640x640 with 30 inference samples, the case the issue gives
 TPU-MLIR's speed for (about 2 layers a minute: about 90 minutes for its 185 layers on this machine kind).
 
-    python bench/search_det.py [--samples 30] [--expected 0.99] [--max_float_layers 5] [--workers 0] [--write]
+    python bench/search_det.py [--samples 30] [--expected 0.99] [--max_float_layers 5] [--workers 0]
+                               [--post_process examples/ppocr_det/text_mask_post.py] [--write]
 
 The module is PP-OCRv4 det (the zoo's ONNX) transformed for 640x640 as `bench/lower.py` does; the samples are
 crops and flips of the text and coin photos scikit-image ships (deterministic). The whole `tpu-cal calibrate
 --search search_qtable` command (calibration included) runs in a measured child process: wall time, peak RSS,
-evaluations, the layers searched, float layers found and the cosine reached on the inference samples.
+evaluations, the layers searched, float layers found and the cosine reached on the inference samples. With
+`--post_process`, the search compares what that file's PostProcess makes of the output (the text masks: section
+"Search on PP-OCRv4 det, text masks").
 """
 from __future__ import annotations
 
@@ -58,11 +61,12 @@ def main(argv=None) -> int:
     p.add_argument("--expected", type=float, default=0.99)
     p.add_argument("--max_float_layers", type=int, default=5)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--post_process", default="", help="a PostProcess file for the search's comparison")
     p.add_argument("--write", action="store_true", help="write the '## Search on PP-OCRv4 det' section")
     a = p.parse_args(argv)
     from tpu_cal.zoo import cache_dir
     from tpu_cal.zoo.ppocr import ppocr
-    work = cache_dir("bench", "search_det")
+    work = cache_dir("bench", "search_det_post" if a.post_process else "search_det")
     mlir = os.path.join(work, "det.mlir")
     r = J.run_measured(C.tpu_cal_exe() + [
         "transform", "--model_name", "det", "--model_def", ppocr("det"), "--input_shapes", "[[1,3,640,640]]",
@@ -76,7 +80,9 @@ def main(argv=None) -> int:
                              "--search", "search_qtable", "--expected_cos", str(a.expected),
                              "--max_float_layers", str(a.max_float_layers),
                              "--quantize_table", os.path.join(work, "qtable"), "-o", os.path.join(work, "cali")]
-    print("running:", " ".join(cmd[-22:]), flush=True)
+    if a.post_process:
+        cmd += ["--post_process", os.path.abspath(a.post_process)]
+    print("running:", " ".join(cmd[cmd.index("calibrate"):]), flush=True)
     m = J.run_measured(cmd)
     if m.rc not in (0, 1):
         raise SystemExit(f"search failed (rc {m.rc}): {m.stderr.strip().splitlines()[-1:]}")
@@ -99,11 +105,13 @@ def main(argv=None) -> int:
     if m.stderr.strip():
         print("\n".join(ln for ln in m.stderr.splitlines() if ln.startswith(("note", "warning"))))
     if a.write:
-        body = (f"`python bench/search_det.py` ({datetime.date.today()}; PP-OCRv4 det at 640x640, {a.samples} "
+        flags = f" --post_process {a.post_process}" if a.post_process else ""
+        body = (f"`python bench/search_det.py{flags}` ({datetime.date.today()}; PP-OCRv4 det at 640x640, {a.samples} "
                 f"calibration = inference samples, expected_cos {a.expected}, max_float_layers "
                 f"{a.max_float_layers}; the whole calibrate command, calibration included; load "
                 f"{os.getloadavg()[0]:.1f} after the run)\n\n{table}\n")
-        common.write_section(os.path.join(HERE, "RESULTS.md"), "Search on PP-OCRv4 det", body)
+        common.write_section(os.path.join(HERE, "RESULTS.md"), "Search on PP-OCRv4 det" +
+                             (", text masks" if a.post_process else ""), body)
     return 0
 
 

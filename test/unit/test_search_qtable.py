@@ -330,3 +330,20 @@ def test_search_after_bias_correction_matches_the_original_float_model(model, tm
     assert printed == pytest.approx(want, abs=2e-6)
     bc_float = Interpreter(cal).run(feeds)[o]
     assert abs(float(np.mean([cosine(bc_float[i], q[i]) for i in range(n)])) - want) > 1e-5  # a different reference
+
+
+def test_text_mask_post_process_example_compares_masks():
+    """examples/ppocr_det/text_mask_post.py: the search compares PP-OCR's binarized text masks (at 0.3)."""
+    from pathlib import Path
+    from tpu_cal.search.common import load_post_process
+    from tpu_cal.search.engine import per_sample_cosines
+    pp = load_post_process(str(Path(__file__).resolve().parents[2] / "examples" / "ppocr_det" / "text_mask_post.py"))
+    f = np.full((1, 1, 8, 8), 0.05, np.float32)
+    f[0, 0, 2:4, 2:6] = 0.9                      # 8 text pixels
+    q = f + 0.1                                  # background noise stays below 0.3: the same mask
+    q[0, 0, 2, 2] = 0.29                         # one text pixel lost
+    assert set(np.unique(pp(f))) == {0.0, 1.0}
+    assert per_sample_cosines(pp(f), pp(q), 1)[0] == pytest.approx(7 / np.sqrt(8 * 7))
+    empty = np.full((1, 1, 8, 8), 0.01, np.float32)
+    assert per_sample_cosines(pp(empty), pp(empty * 20), 1)[0] == 1.0        # two empty masks agree
+    assert per_sample_cosines(empty, empty + np.eye(8, dtype=np.float32) * 0.02, 1)[0] < 0.9  # raw: noise-led
