@@ -12,10 +12,9 @@
    When no single layer reaches the target, runs of 2-3 consecutive layers around the most sensitive ones are
    measured too (on EfficientNet-Lite0 the stem and block 0's depthwise layer in float together remove most of
    the int8 error; either alone does little); as with single layers, a run measured in an earlier round is
-   measured again only when it was among the best or touches the last move. A run that reaches the target with the
-   fewest layers wins, else
-   the move with the most gain per layer. The cap is a cap: when the target is not reached, the best mix found
-   within it is written and the result says so.
+   measured again only when it was among the best or touches the last move. A run that reaches the target with
+   the fewest layers wins, else the move with the most gain per layer. The cap is a cap: when the target is not
+   reached, the best mix found within it is written and the result says so.
 A conv and the ReLU/ReLU6 that alone reads it are one layer, named by the activation, as TPU-MLIR's fused op is.
 
 Every measurement is a lowered module in the quantized simulation (`search.engine`): only the part downstream

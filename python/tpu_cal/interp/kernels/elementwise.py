@@ -5,13 +5,13 @@ import math
 
 import numpy as np
 
+from scipy.special import erf as _erf
+
 from ... import native
 from ..core import impl, impl_inplace
 from .nn import _chunks, _parallel
 
 _NATIVE_MIN = 1 << 12      # elements below which a ctypes call costs more than numpy's pass
-
-from scipy.special import erf as _erf
 
 
 def _out(node, y):
