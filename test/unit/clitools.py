@@ -26,6 +26,18 @@ def run_opt(*args, cwd=None):
     return _run("tpu_cal.tools.tpu_cal_opt", args, cwd)
 
 
+def require_native():
+    """The loaded native kernel library. A skip that prints why when there is no compiler or TPU_CAL_NO_NATIVE is
+    set; a failure when a compiler exists but the kernels do not build or load."""
+    from tpu_cal import native
+    reason = native.unavailable_reason()
+    if reason and (native.disabled() or native.find_compiler() is None):
+        print(f"native kernels unavailable: {reason}")
+        pytest.skip(f"native kernels unavailable: {reason}")
+    assert reason is None, f"a C compiler exists ({native.find_compiler()}) but the kernels are unavailable: {reason}"
+    return native.stats_library()
+
+
 def assert_clean_error(rc, err, *needles):
     """A user error: exit code 2, no traceback, exactly one line on stderr, naming each of `needles`."""
     assert rc == 2, err

@@ -84,3 +84,14 @@ def zoo_model():
             pytest.skip(f"model unavailable: {e}")
 
     return get
+
+
+@pytest.fixture(params=["native", "numpy"])
+def either_path(request, monkeypatch):
+    """Runs a test once with the C kernels of tpu_cal.native, once with the numpy paths (TPU_CAL_NO_NATIVE)."""
+    from clitools import require_native
+    if request.param == "native":
+        require_native()
+    else:
+        monkeypatch.setenv("TPU_CAL_NO_NATIVE", "1")
+    return request.param

@@ -9,21 +9,14 @@ import pytest
 
 from tpu_cal import native
 
-
-def _lib():
-    reason = native.unavailable_reason()
-    if reason and (native.disabled() or native.find_compiler() is None):
-        print(f"native kernels unavailable: {reason}")
-        pytest.skip(f"native kernels unavailable: {reason}")
-    assert reason is None, f"a C compiler exists ({native.find_compiler()}) but the kernels are unavailable: {reason}"
-    return native.stats_library()
+from clitools import require_native
 
 
 @pytest.fixture(scope="module")
 def builds():
     """{"default": the library stats_library() loads, "portable": the portable build} (the same file where the
     CPU's features are unknown or the compiler rejects -march=native)."""
-    lib = _lib()
+    lib = require_native()
     return {"default": lib, "portable": native.declare(ctypes.CDLL(native._build(tuned=False)))}
 
 
@@ -160,7 +153,7 @@ def test_one_pass_update_matches_numpy(monkeypatch, kw):
     """TensorStats.update's one-pass native way (range already set, batches of at least 32 values a bin; halves on
     two threads from 1 Mi values) against the numpy path: in range, beyond it (the range grows), NaN and Inf
     (reported, state unchanged), all zeros, signed zeros, a value exactly at the range's end."""
-    _lib()
+    require_native()
     rng = np.random.default_rng(17)
     g = lambda n, s=1.0: (rng.standard_normal(n) * s).astype(np.float32)
     big = g(1_300_000)
@@ -187,26 +180,26 @@ def test_one_pass_update_matches_numpy(monkeypatch, kw):
 
 
 # ----------------------------------------------------------------------------------------------- elementwise kernels
-def _both(monkeypatch, fn):
-    """fn() with the native kernels, then with the numpy paths (TPU_CAL_NO_NATIVE)."""
-    with_native = fn()
-    monkeypatch.setenv("TPU_CAL_NO_NATIVE", "1")
-    with_numpy = fn()
-    monkeypatch.delenv("TPU_CAL_NO_NATIVE")
-    return with_native, with_numpy
-
-
-def test_hardswish_kernel_matches_numpy(builds, monkeypatch):
-    from tpu_cal.interp.kernels.elementwise import _hardswish
+def _hardswish_case():
+    """Inputs with the special values first, and hardswish as the kernel defines it, in numpy."""
     rng = np.random.default_rng(5)
     x = (rng.standard_normal(300_001) * 4).astype(np.float32)
     x[:8] = [np.nan, np.inf, -np.inf, -3.0, 3.0, 0.0, -0.0, 1e-38]
     with np.errstate(invalid="ignore"):                 # Inf * 0
-        ref = x * np.clip(x / np.float32(6) + np.float32(0.5), 0, 1)   # the kernel's definition, in numpy
-        nat, num = _both(monkeypatch, lambda: _hardswish(x))
-    np.testing.assert_array_equal(nat.view(np.uint32)[8:], ref.view(np.uint32)[8:])
-    np.testing.assert_array_equal(nat, ref)             # NaN where numpy has NaN
-    np.testing.assert_array_equal(num, ref)
+        return x, x * np.clip(x / np.float32(6) + np.float32(0.5), 0, 1)
+
+
+def test_hardswish_kernel_matches_numpy(either_path):
+    from tpu_cal.interp.kernels.elementwise import _hardswish
+    x, ref = _hardswish_case()
+    with np.errstate(invalid="ignore"):
+        got = _hardswish(x)
+    np.testing.assert_array_equal(got.view(np.uint32)[8:], ref.view(np.uint32)[8:])
+    np.testing.assert_array_equal(got, ref)             # NaN where numpy has NaN
+
+
+def test_hardswish_kernel_every_build(builds):
+    x, ref = _hardswish_case()
     for name, lib in builds.items():                    # every build: the same bits
         out = np.empty_like(x)
         lib.tc_hardswish(x.ctypes.data, out.ctypes.data, x.size)
@@ -214,7 +207,7 @@ def test_hardswish_kernel_matches_numpy(builds, monkeypatch):
 
 
 @pytest.mark.parametrize("b_shape", [(2, 5, 40, 40), (2, 5, 1, 1), (1,), (), (2, 1, 1, 1), (5, 1, 1)])
-def test_table_lookups_match_numpy(builds, monkeypatch, b_shape):
+def test_table_lookups_match_numpy(either_path, b_shape):
     from tpu_cal.interp.kernels.tpu import _lookup, _lookup2
     rng = np.random.default_rng(6)
     a = rng.integers(-128, 128, (2, 5, 40, 40)).astype(np.int8)
@@ -223,10 +216,6 @@ def test_table_lookups_match_numpy(builds, monkeypatch, b_shape):
     ref = t2.reshape(256, 256)[a.view(np.uint8)[...], np.broadcast_to(b.view(np.uint8), a.shape)]
     for x, y in ((a, b), (b, a)):                       # the broadcast operand on either side
         want = ref if x is a else t2.reshape(256, 256)[np.broadcast_to(b.view(np.uint8), a.shape), a.view(np.uint8)]
-        nat, num = _both(monkeypatch, lambda: _lookup2(t2, x, y))
-        np.testing.assert_array_equal(nat, want)
-        np.testing.assert_array_equal(num, want)
+        np.testing.assert_array_equal(_lookup2(t2, x, y), want)
     t1 = rng.integers(0, 256, 256).astype(np.uint8)
-    nat, num = _both(monkeypatch, lambda: _lookup(t1, a))
-    np.testing.assert_array_equal(nat, t1[a.view(np.uint8)])
-    np.testing.assert_array_equal(num, t1[a.view(np.uint8)])
+    np.testing.assert_array_equal(_lookup(t1, a), t1[a.view(np.uint8)])

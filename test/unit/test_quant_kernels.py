@@ -533,12 +533,9 @@ def test_requant_fast_paths_equal_quant_requantize(seed):
     assert (("fused", False, False) in modes) and any(m_[1] for m_ in modes)     # partly fused; ties
 
 
-@pytest.mark.parametrize("native_kernels", [True, False])
-def test_requant_on_large_accumulators_native_and_numpy(native_kernels, monkeypatch):
+def test_requant_on_large_accumulators_native_and_numpy(either_path):
     """Accumulators large enough for the native fused pass (elementwise_kernel.c), per row, per column and per
     tensor, against quant.requantize; the numpy path alone gives the same."""
-    if not native_kernels:
-        monkeypatch.setenv("TPU_CAL_NO_NATIVE", "1")
     r = rng(7)
     fused = 0
     for trial in range(12):

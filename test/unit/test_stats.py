@@ -15,26 +15,7 @@ from tpu_cal.graph import Graph, Node
 from tpu_cal.interp.core import Interpreter
 from tpu_cal.stats import NonFiniteValues, StatsCollector, TensorStats
 
-
-def _require_native():
-    """The loaded kernel library. A skip that prints why when there is no compiler or TPU_CAL_NO_NATIVE is set;
-    a failure when a compiler exists but the kernel does not build or load."""
-    reason = native.unavailable_reason()
-    if reason and (native.disabled() or native.find_compiler() is None):
-        print(f"native statistics kernel unavailable: {reason}")
-        pytest.skip(f"native statistics kernel unavailable: {reason}")
-    assert reason is None, f"a C compiler exists ({native.find_compiler()}) but the kernel is unavailable: {reason}"
-    return native.stats_library()
-
-
-@pytest.fixture(params=["native", "numpy"])
-def either_path(request, monkeypatch):
-    """Runs a test once with the C kernel, once with the numpy path."""
-    if request.param == "native":
-        _require_native()
-    else:
-        monkeypatch.setenv("TPU_CAL_NO_NATIVE", "1")
-    return request.param
+from clitools import require_native
 
 
 both_paths = pytest.mark.usefixtures("either_path")
@@ -316,7 +297,7 @@ def _random_batches(rng):
 
 @pytest.mark.parametrize("seed", range(12))
 def test_native_matches_numpy_random(seed, monkeypatch):
-    _require_native()
+    require_native()
     rng = np.random.default_rng(100 + seed)
     for trial in range(6):
         batches = _random_batches(rng)
@@ -356,7 +337,7 @@ def _edge_batches():
 
 @pytest.mark.parametrize("case", list(_edge_batches()))
 def test_native_matches_numpy_adversarial(case, monkeypatch):
-    _require_native()
+    require_native()
     batches = _edge_batches()[case]
     for kw in (dict(bins=256), dict(bins=256, moments=False), dict(bins=8), dict(bins=256, two_pass=True)):
         a = _stats(batches, "native", monkeypatch, **kw)
@@ -366,7 +347,7 @@ def test_native_matches_numpy_adversarial(case, monkeypatch):
 
 def test_native_matches_numpy_layouts(monkeypatch):
     """Non-contiguous views, reversed strides, float16 (converted exactly), 0-d and empty arrays."""
-    _require_native()
+    require_native()
     rng = np.random.default_rng(7)
     x = (rng.standard_normal((64, 3, 40, 41)) * 2).astype(np.float32)
     views = [x[:, ::2], x.transpose(3, 1, 0, 2), x.reshape(-1)[::-1], x.reshape(-1)[5::3], x[..., 0],
@@ -379,7 +360,7 @@ def test_native_matches_numpy_layouts(monkeypatch):
 
 def test_native_matches_numpy_large_batch(monkeypatch):
     """A batch of millions of values with many in one bin (ReLU6: zeros and the clip value)."""
-    _require_native()
+    require_native()
     rng = np.random.default_rng(9)
     x = np.clip(rng.standard_normal((16, 32, 56, 56)).astype(np.float32) * 3, 0, 6)
     for kw in (dict(bins=2048), dict(bins=2048, moments=False)):
@@ -413,7 +394,7 @@ def test_two_thread_halves_equal_one_serial_pass(either_path, monkeypatch):
     ([-np.inf, np.inf], "Inf"), ([-np.nan], "NaN")])
 def test_non_finite_on_both_paths(path, bad, kind, monkeypatch):
     if path == "native":
-        _require_native()
+        require_native()
     else:
         monkeypatch.setenv("TPU_CAL_NO_NATIVE", "1")
     rng = np.random.default_rng(0)
@@ -460,7 +441,7 @@ def test_fallback_without_compiler(monkeypatch, tmp_path, capfd):
 def test_build_is_cached_keyed_by_source_and_concurrent_safe(monkeypatch, tmp_path):
     """Processes building at once into an empty cache all load a whole library and leave one file; an edited
     source gets a library of its own."""
-    _require_native()
+    require_native()
     env = dict(os.environ, TPU_CAL_CACHE=str(tmp_path))
     code = ("from tpu_cal import native; import numpy as np, ctypes; lib = native.stats_library(); "
             "b = (ctypes.c_float * 2)(); x = np.array([3, -2, 1], np.float32); "
