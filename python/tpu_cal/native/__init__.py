@@ -170,6 +170,15 @@ def stats_library() -> ctypes.CDLL | None:
     return _lib if isinstance(_lib, ctypes.CDLL) else None
 
 
+MIN_ELEMENTS = 1 << 12      # elements below which a ctypes call costs more than numpy's pass
+
+
+def library_for(n: int, ok: bool = True) -> ctypes.CDLL | None:
+    """`stats_library()` for a kernel call over n elements whose operands suit it (`ok`), or None: the numpy path
+    (no library, or too few elements for the call to pay)."""
+    return stats_library() if ok and n >= MIN_ELEMENTS else None
+
+
 def unavailable_reason() -> str | None:
     """Why `stats_library()` returns None (None when it returns the library)."""
     if disabled():

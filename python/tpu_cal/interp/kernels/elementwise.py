@@ -11,8 +11,6 @@ from ... import native
 from ..core import impl, impl_inplace
 from .nn import _chunks, _parallel
 
-_NATIVE_MIN = 1 << 12      # elements below which a ctypes call costs more than numpy's pass
-
 
 def _out(node, y):
     return np.asarray(y).astype(node.dtype, copy=False)
@@ -35,7 +33,7 @@ def _hardswish(x):
     """x * clip(x/6 + 1/2, 0, 1): the native kernel on float32 (one pass, by pieces on the kernel threads), else
     numpy with one temporary; the same operations on the same types, so the same bits either way."""
     x = np.asarray(x)
-    lib = native.stats_library() if x.dtype == np.float32 and x.size >= _NATIVE_MIN else None
+    lib = native.library_for(x.size, x.dtype == np.float32)
     if lib is not None:
         src = np.ascontiguousarray(x)
         out = np.empty_like(src)

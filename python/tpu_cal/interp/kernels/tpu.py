@@ -53,7 +53,6 @@ UNARY_OPS = frozenset({"relu", "leaky_relu", "clip", "sigmoid", "silu", "hardsig
 BINARY_OPS = frozenset({"add", "sub", "mul", "div", "pow", "max", "min"})
 
 _CHUNK = 1 << 15          # elements per piece of the elementwise integer passes (stays in L2)
-_NATIVE_MIN = 1 << 12     # elements below which a ctypes call costs more than numpy's pass
 _F32_EXACT = 2.0 ** 24    # integers below this add exactly in float32
 _F64_EXACT = 2.0 ** 53
 
@@ -285,7 +284,7 @@ class Requant:
             cq = per((0 if self.bias is None else self.bias.astype(np.float64)) * self.mult + (0.5 + z - lo_q))
             ob = out.view(np.uint8)
             qshift = np.uint8(lo_q % 256)
-            lib = native.stats_library() if a2.dtype == np.float32 and a2.size >= _NATIVE_MIN else None
+            lib = native.library_for(a2.size, a2.dtype == np.float32)
             done = False
             if lib is not None:     # the same steps in one pass (elementwise_kernel.c)
                 x2 = np.ascontiguousarray(a2)
@@ -383,7 +382,7 @@ def _lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
     src = x.reshape(-1).view(np.uint8)
     out = np.empty(x.shape, table.dtype)
     of = out.reshape(-1)
-    lib = native.stats_library() if table.dtype.itemsize == 1 and src.size >= _NATIVE_MIN else None
+    lib = native.library_for(src.size, table.dtype.itemsize == 1)
     if lib is not None:
         t = np.ascontiguousarray(table)
         ta, sa, oa = t.ctypes.data, src.ctypes.data, of.ctypes.data
@@ -421,7 +420,7 @@ def _lookup2(table: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     (`_inner`); else by pieces of the leading axis with numpy."""
     t2 = table.reshape(256, 256)
     shape = np.broadcast_shapes(np.shape(a), np.shape(b))
-    lib = native.stats_library() if table.dtype.itemsize == 1 and int(np.prod(shape)) >= _NATIVE_MIN else None
+    lib = native.library_for(int(np.prod(shape)), table.dtype.itemsize == 1)
     if lib is not None:
         if np.shape(a) != shape:            # the full operand first: the table transposed
             a, b, t2 = b, a, t2.T
