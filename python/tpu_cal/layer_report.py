@@ -85,7 +85,7 @@ def _blas_single():
     multithreaded OpenBLAS call on a loaded machine can wait a scheduler slice per call (measured: 6 ms per
     40k-element dot, 100x the work itself)."""
     try:
-        from .interp.kernels.nn import _blas_single as single
+        from .interp.workers import blas_single as single
         return single()
     except ImportError:
         import contextlib

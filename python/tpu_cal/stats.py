@@ -176,8 +176,8 @@ class TensorStats:
         other = TensorStats(self.bins, oversample=self.side // self.bins, histogram=do_h,
                             moments=self.higher_moments, mean_std=self.mean_std)
         other._scale = self._scale
-        from .interp.kernels.nn import _parallel
-        _parallel(lambda job: job[0]._accumulate(lib, job[1], do_m, do_h), [(self, flat[:cut]), (other, flat[cut:])])
+        from .interp.workers import parallel
+        parallel(lambda job: job[0]._accumulate(lib, job[1], do_m, do_h), [(self, flat[:cut]), (other, flat[cut:])])
         if do_h:
             self.hist += other.hist
         if do_m and self.mean_std:
@@ -210,8 +210,8 @@ class TensorStats:
         if len(parts) == 1:
             run(0)
         else:
-            from .interp.kernels.nn import _parallel
-            _parallel(run, [0, 1])
+            from .interp.workers import parallel
+            parallel(run, [0, 1])
         if any(r[3][0] for r in runs):
             return False
         if do_m:

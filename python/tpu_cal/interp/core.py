@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .. import native
+from . import workers
 from ..errors import UserError
 from ..graph import Graph, Node
 
@@ -144,6 +145,10 @@ class Interpreter:
     def run(self, feeds: dict[str, np.ndarray], keep: Iterable[str] | str = ()) -> dict[str, np.ndarray]:
         """Runs the graph on `feeds` (input name -> batch). Returns the outputs plus every name in `keep`
         (`keep="all"` keeps every tensor)."""
+        with workers.blas_single():     # the kernels' pieces give the parallelism (see interp.workers)
+            return self._run(feeds, keep)
+
+    def _run(self, feeds, keep):
         g = self.graph
         for name in g.inputs:
             if name not in feeds:
@@ -192,6 +197,10 @@ class Interpreter:
         cached tensors of a run of a graph that computes them identically, e.g. the searches' reference run).
         Listeners are not called. Returns the computed tensors named in `keep`; the others are freed after
         their last use."""
+        with workers.blas_single():
+            return self._run_from(values, todo, keep)
+
+    def _run_from(self, values, todo, keep):
         g = self.graph
         todo = set(todo)
         keep = set(keep)

@@ -9,7 +9,7 @@ from scipy.special import erf as _erf
 
 from ... import native
 from ..core import impl, impl_inplace
-from .nn import _chunks, _parallel
+from ..workers import chunks as _chunks, parallel as _parallel
 
 
 def _out(node, y):

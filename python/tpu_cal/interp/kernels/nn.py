@@ -16,14 +16,12 @@ the code stays pure numpy.
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ... import native
 from ..core import impl
+from ..workers import chunks as _chunks, matmul as _matmul, matmul_items as _matmul_items, parallel as _parallel, workers as _workers
 
 F32 = np.float32
 _CHUNK_BYTES = 4 << 20         # im2col buffer per chunk of samples (cache-sized: measured best)
@@ -57,134 +55,6 @@ def _as2d(x, attrs_k, attrs_s, attrs_p, attrs_d):
         return (x[:, :, None, :], [1] + list(attrs_k), [1] + list(attrs_s),
                 [0, attrs_p[0], 0, attrs_p[1]], [1] + list(attrs_d))
     return x, list(attrs_k), list(attrs_s), list(attrs_p), list(attrs_d)
-
-
-_POOL = None
-
-
-def _pool() -> ThreadPoolExecutor | None:
-    """Helper threads for chunked loops (numpy releases the GIL inside ufunc and BLAS calls)."""
-    global _POOL
-    n = min(os.cpu_count() or 1, 4) - 1     # the calling thread works too
-    if n <= 0:
-        return None
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(n, thread_name_prefix="tpu_cal_kernel")
-    return _POOL
-
-
-def _forget_pool():
-    global _POOL
-    _POOL = None
-
-
-# a forked child (the searches' worker processes) inherits the pool object but not its threads: start afresh
-os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _parallel(fn, chunks):
-    """Runs fn(chunk) for every chunk on the calling thread and the helpers; each takes the next chunk when it is
-    done with one (dynamic scheduling: a core slowed by other load just takes fewer chunks)."""
-    pool = _pool()
-    if pool is None or len(chunks) < 2:
-        for c in chunks:
-            fn(c)
-        return
-    todo = iter(chunks)     # list iterators hand out items atomically under the GIL
-
-    def worker():
-        for c in todo:
-            fn(c)
-
-    futures = [pool.submit(worker) for _ in range(min(pool._max_workers, len(chunks) - 1))]
-    try:
-        worker()
-    finally:
-        for f in futures:
-            f.result()
-
-
-def _chunks(total: int, per: int):
-    per = max(1, int(per))
-    return [(a, min(total, a + per)) for a in range(0, total, per)]
-
-
-class _BlasThreads:
-    """OpenBLAS thread counts (numpy's BLAS, and scipy's when loaded), settable around a block.
-
-    Our kernels split big matmuls into independent pieces and run them on the worker threads with single-threaded
-    BLAS calls. A multithreaded BLAS call synchronises its threads on every call; on a loaded machine each sync
-    can wait a scheduler time slice, which made the per-sample matmuls of a pointwise conv 10-30x slower. The
-    libraries are found through /proc/self/maps (Linux); elsewhere, or with another BLAS, this does nothing and
-    BLAS keeps its own threads.
-    """
-
-    def __init__(self):
-        self.libs = []      # (getter, setter) per OpenBLAS library in the process
-        try:
-            import ctypes
-            with open("/proc/self/maps") as f:
-                paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln})
-            for path in paths:
-                lib = ctypes.CDLL(path)
-                for pre, suf in (("scipy_", "64_"), ("scipy_", ""), ("", "64_"), ("", "")):
-                    setter = getattr(lib, f"{pre}openblas_set_num_threads{suf}", None)
-                    getter = getattr(lib, f"{pre}openblas_get_num_threads{suf}", None)
-                    if setter is not None and getter is not None:
-                        getter.restype = ctypes.c_int
-                        setter.argtypes = [ctypes.c_int]
-                        self.libs.append((getter, setter))
-                        break
-        except Exception:   # no /proc, no ctypes, an unexpected BLAS: keep the defaults
-            self.libs = []
-
-    def single(self):
-        return _BlasSingle(self.libs)
-
-
-class _BlasSingle:
-    def __init__(self, libs):
-        self.libs, self.prev = libs, []
-
-    def __enter__(self):
-        for get, set_ in self.libs:
-            n = int(get())
-            if n > 1:
-                set_(1)
-                self.prev.append((set_, n))
-        return self
-
-    def __exit__(self, *exc):
-        for set_, n in self.prev:
-            set_(n)
-        self.prev = []
-        return False
-
-
-_BLAS = None
-
-
-def _blas_single():
-    """Context: BLAS calls single-threaded (our worker threads give the parallelism)."""
-    global _BLAS
-    if _BLAS is None:
-        _BLAS = _BlasThreads()
-    return _BLAS.single()
-
-
-def _workers() -> int:
-    pool = _pool()
-    return 1 + (pool._max_workers if pool is not None else 0)
-
-
-def _matmul_items(fn, items):
-    """Runs independent matmul pieces on the worker threads, BLAS single-threaded meanwhile."""
-    if len(items) >= 2 and _workers() > 1:
-        with _blas_single():
-            _parallel(fn, items)
-    else:
-        for it in items:
-            fn(it)
 
 
 # ----------------------------------------------------------------------------------------------- convolution
@@ -320,7 +190,7 @@ def _conv_nd(x, w, b, k, s, p, d, g):
     Cg, Cog = C // g, Co // g
     L = int(np.prod(outs))
     cols = win.reshape(N, g, Cg * int(np.prod(k)), L)
-    y = np.matmul(w.reshape(g, Cog, -1), cols).reshape(N, Co, L)
+    y = _matmul(w.reshape(g, Cog, -1), cols).reshape(N, Co, L)
     if b is not None:
         y += b[:, None]
     return y.reshape((N, Co) + tuple(outs))
@@ -504,7 +374,7 @@ def _deconv(node, x, w, b):
     K = int(np.prod(k))
     # cols[n, g, (co, taps), l] = sum_ci w[g, ci, co, taps] * x[n, g, ci, l]
     wt = w.reshape(g, Cg, Cog * K).transpose(0, 2, 1)
-    cols = np.matmul(wt, x.reshape(N, g, Cg, L)).reshape((N, Co) + tuple(k) + tuple(sp))
+    cols = _matmul(wt, x.reshape(N, g, Cg, L)).reshape((N, Co) + tuple(k) + tuple(sp))
     full = [s[i] * (sp[i] - 1) + (k[i] - 1) * d[i] + 1 + op[i] for i in range(nsp)]
     if nsp == 2 and list(k) == list(s) and list(d) == [1, 1] and not any(op):
         # taps do not overlap (the usual 2x upsampling): each output pixel is one tap of one input pixel, so the

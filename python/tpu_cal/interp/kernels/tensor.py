@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core import impl
+from ..workers import matmul as _matmul
 from .nn import fused_relu
 
 
@@ -98,7 +99,7 @@ def arg(node, x, shape):
 
 @impl("top.matmul")
 def matmul(node, a, b, bias, shape):
-    y = np.matmul(a, b)
+    y = _matmul(a, b)
     if bias is not None:
         y = np.add(y, bias, out=y) if isinstance(y, np.ndarray) and y.ndim and y.flags.writeable else y + bias
     return fused_relu(node, np.asarray(y).astype(node.dtype, copy=False))

@@ -36,7 +36,7 @@ from ...errors import UserError
 from ...graph import Graph, Node
 from ...ops import TPU_OPS
 from ..core import KERNELS, impl
-from .nn import _parallel
+from ..workers import matmul as _matmul, parallel as _parallel
 
 ATTR_PRECISION = "precision"
 INT_PRECISIONS = ("INT8", "INT4")
@@ -684,7 +684,7 @@ class BoundTpuKernel:
         if int(tx.q.zero_point):
             xf -= dt(int(tx.q.zero_point))
         if op == "matmul":
-            acc = np.asarray(np.matmul(xf, wf))       # the float kernel would cast a float64 sum to float32
+            acc = np.asarray(_matmul(xf, wf))       # the float kernel would cast a float64 sum to float32
             if rq.C > 1 and (acc.ndim == 0 or acc.shape[-1] != rq.C):
                 return None
             return self._relu(node, q_out, rq(acc, -1 if rq.C > 1 else None))
