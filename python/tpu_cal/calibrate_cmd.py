@@ -14,6 +14,7 @@ from .dataset import Dataset
 from .errors import UserError
 from .fileio import check_writable
 from .formats.cali_table import CaliTable, make_header, write_cali_table
+from .lowering import activation_pairs
 from .preprocess import Preprocess
 from .report import table
 from .search.common import parse_bool
@@ -112,7 +113,9 @@ def calibrate(o: CalibrateOptions) -> int:
     tables = plan_tables(g, o)   # pattern-match / part_quantize qtable, shape ops, part_asymmetric: checked now
     cfg = CalibrationConfig(method=method, input_num=o.input_num, tune_num=o.tune_num,
                             histogram_bin_num=o.histogram_bin_num, batch_size=o.batch_size,
-                            kurtosis=o.kurtosis_analysis, mean_std=o.print_stats)
+                            kurtosis=o.kurtosis_analysis, mean_std=o.print_stats,
+                            # the tables printed on request show every tensor, pre-activations included
+                            preactivation_stats=o.print_stats or o.kurtosis_analysis)
     # bias correction changes the float function; the searches must still match the original one
     original = copy.deepcopy(g) if searcher is not None and o.bc else None
     res = optimize.calibrate(g, ds, cfg, tune_ds, o)      # calibrate_graph with the rewrites o asks for
@@ -141,11 +144,13 @@ def calibrate(o: CalibrateOptions) -> int:
                     title="kurtosis of activations (3 = Gaussian; large = heavy tails, hard to quantize):"))
     if o.print_stats:
         rows = []
+        shares = {mac: act for act, mac in activation_pairs(g).items()}
         for n, (th, lo, hi) in res.table.items():
             st = res.stats[n]
             tuned = res.tuned.get(n)
-            rows.append([n, res.op_types.get(n, ""), st.min, st.max, st.mean, st.std, th,
-                         th / st.absmax if st.absmax else 1.0, "" if tuned is None else f"{tuned[0]:.4g}"])
+            op = res.op_types.get(n, "")
+            rows.append([n, f"{op}, fused: {shares[n]}'s entry" if n in shares else op, st.min, st.max, st.mean,
+                         st.std, th, th / st.absmax if st.absmax else 1.0, "" if tuned is None else f"{tuned[0]:.4g}"])
         print(table(["tensor", "op", "min", "max", "mean", "std", "threshold", "th/absmax", "before tune"], rows,
                     title="per-tensor statistics:"))
     return rc

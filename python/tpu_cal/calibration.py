@@ -82,7 +82,9 @@ def _name_nonfinite_sample(graph: Graph, ds: Dataset, batch: list[Sample]) -> Us
 
 
 def run_batches(interp: Interpreter, ds: Dataset, samples: list[Sample], batch_size: int, desc: str,
-                on_batch=None):
+                on_batch=None, graph: Graph | None = None):
+    """Runs `samples` through `interp` in batches. A NaN/Inf error is re-checked sample by sample on `graph`
+    (default: the interpreter's), so that it names the user's op and sample."""
     bar = progress(len(samples), desc)
     try:
         for first, feeds in ds.batches(samples, batch_size):
@@ -95,7 +97,7 @@ def run_batches(interp: Interpreter, ds: Dataset, samples: list[Sample], batch_s
                 with np.errstate(all="ignore"):
                     interp.run(feeds)
             except (UserError, _NonFinite):
-                named = _name_nonfinite_sample(interp.graph, ds, samples[first:first + n])
+                named = _name_nonfinite_sample(graph or interp.graph, ds, samples[first:first + n])
                 if named is None:
                     raise
                 raise named from None
@@ -210,6 +212,39 @@ class CalibrationConfig:
     batch_size: int = 16
     kurtosis: bool = False        # third and fourth moments too (--kurtosis_analysis): 40 % more statistics time
     mean_std: bool = True         # mean and std (ACIQ, --print_stats); without them statistics take 40 % less
+    # also collect statistics of the conv/matmul outputs that lowering fuses with the ReLU/ReLU6 reading them
+    # (--print_stats shows them, bias correction measures each conv unfused); off, the run skips them (see
+    # `fused_view`), which halves the statistics on a CNN. Their table entries are the activation's either way.
+    preactivation_stats: bool = False
+
+
+def fused_view(graph: Graph) -> tuple[Graph, dict[str, str]]:
+    """The graph with each `lowering.activation_pairs` pair run as one op: the conv/deconv/matmul with its ReLU or
+    ReLU6 applied inside (`do_relu`, `relu_limit`, as lowering fuses it), under the activation's name and at its
+    place; and the pairs (activation -> MAC op). The activation's values are bit for bit those of the two ops.
+
+    Calibration needs no statistics of the MAC's own output, and its table entry is the activation's
+    (`share_fused`): lowering never holds it in int8 (the accumulator is requantized straight to the activation's
+    type), TPU-MLIR's table has no such tensor (its importer fuses the pair under the activation's name), and
+    where a qtable splits a pair, quantizing the activation's input with the activation's own threshold changes
+    nothing the activation lets through."""
+    from .lowering import ATTR_DO_RELU, ATTR_RELU_LIMIT, activation_pairs     # lowering imports this module
+    pairs = activation_pairs(graph)
+    if not pairs:
+        return graph, pairs
+    by_name = graph.node_map()
+    macs = set(pairs.values())
+    nodes = []
+    for n in graph.nodes:
+        if n.name in macs:
+            continue
+        if n.name in pairs:
+            mac = by_name[pairs[n.name]]
+            extra = dict(mac.extra, **{ATTR_DO_RELU: True,
+                                       ATTR_RELU_LIMIT: float(n.attrs["max"]) if n.op == "top.clip" else -1.0})
+            n = Node(mac.op, n.name, list(mac.inputs), dict(mac.attrs), n.shape, n.dtype, extra)
+        nodes.append(n)
+    return Graph(graph.name, list(graph.inputs), list(graph.outputs), nodes, graph.weights, dict(graph.attrs)), pairs
 
 
 def calibrate_graph(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: Dataset | None = None) \
@@ -221,7 +256,12 @@ def calibrate_graph(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: 
     samples = ds.take(cfg.input_num)
     col = StatsCollector(bins=bins, moments=cfg.kurtosis,
                          mean_std=cfg.mean_std or method in ("aciq_gauss", "aciq_laplace"))
-    run_batches(Interpreter(graph, [col]), ds, samples, cfg.batch_size, f"calibrate ({method})")
+    view, pairs = (graph, {}) if cfg.preactivation_stats else fused_view(graph)
+    run_batches(Interpreter(view, [col]), ds, samples, cfg.batch_size, f"calibrate ({method})", graph=graph)
+    nodes = graph.node_map()
+    for act in pairs:               # the fused op's statistics are the activation's: so is its threshold rule
+        if act in col.op_types:
+            col.op_types[act] = nodes[act].op
     table = method_table(graph, col.stats, col.op_types, method)
     result = CalibrationResult(table, col.stats, col.op_types, samples=len(samples), infinite=dict(col.infinite))
     if cfg.tune_num > 0 and method in TUNED_METHODS:
@@ -230,9 +270,10 @@ def calibrate_graph(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: 
     return result
 
 
-def method_table(graph: Graph, stats: dict, op_types: dict, method: str, bits: int = 8) \
+def method_table(graph: Graph, stats: dict, op_types: dict, method: str, bits: int = 8, shared: bool = True) \
         -> dict[str, tuple[float, float, float]]:
-    """The table of one threshold method from collected statistics (before auto-tune)."""
+    """The table of one threshold method from collected statistics (before auto-tune). shared=False keeps the
+    fused MAC ops' own entries where they have statistics (bias correction measures them unfused)."""
     table = thr.compute_table(stats, method, op_types=op_types, bits=bits, bounded=thr.bounded_tensors(graph))
     # graph inputs and outputs keep their full range: clipping raw input data loses information no later layer
     # recovers, and clipping an output changes the answer itself (the top logit, a box coordinate)
@@ -240,7 +281,19 @@ def method_table(graph: Graph, stats: dict, op_types: dict, method: str, bits: i
         st = stats.get(name)
         if st is not None and name in table and st.absmax > 0:
             table[name] = (float(st.absmax), table[name][1], table[name][2])
-    return table
+    return share_fused(graph, table) if shared else table
+
+
+def share_fused(graph: Graph, table: dict) -> dict:
+    """`table` in graph order, each MAC op that lowering fuses with its ReLU/ReLU6 given the activation's entry
+    (`fused_view` says why), whether or not it had statistics of its own: the table does not depend on what
+    else was collected."""
+    from .lowering import activation_pairs     # lowering imports this module
+    table = dict(table)
+    for act, mac in activation_pairs(graph).items():
+        if act in table:
+            table[mac] = table[act]
+    return {n.name: table[n.name] for n in graph.nodes if n.name in table}
 
 
 def tune_table(graph: Graph, table: dict, stats: dict, tsrc: Dataset, cfg: CalibrationConfig):
@@ -252,11 +305,15 @@ def tune_table(graph: Graph, table: dict, stats: dict, tsrc: Dataset, cfg: Calib
     tuner = AutoTuner(graph, table, absmax)
     # a --tune_list sample was never seen by the statistics: NaN/Inf there must stop the run, not tune
     run_batches(Interpreter(graph, [_FindNonFinite(), tuner]), tsrc, tune_samples, cfg.batch_size, "auto-tune")
+    from .lowering import activation_pairs     # lowering imports this module
+    fused = set(activation_pairs(graph).values())
     for name, th in tuner.tuned().items():
+        if name in fused:       # keeps the activation's entry (share_fused): never held in int8 after lowering
+            continue
         before = table[name][0]
         table[name] = (th, table[name][1], table[name][2])
         tuned[name] = (before, th)
-    return table, tuned, len(tune_samples)
+    return share_fused(graph, table), tuned, len(tune_samples)
 
 
 def attach(graph: Graph, table: dict[str, tuple[float, float, float]], method: str | None = None) -> int:

@@ -106,8 +106,8 @@ class TensorStats:
         self.bins = int(bins)
         self.side = self.bins * int(oversample)   # histogram bins on each side of zero
         self.higher_moments = bool(moments)
-        # mean, M2 (std) and the zero count; off, only the count, min, max and histogram are kept (what every
-        # method but ACIQ needs), which saves 40 % of the statistics time
+        # mean and M2 (std); off, only the count, exact zeros, min, max and histogram are kept (what every method
+        # but ACIQ needs), which saves 40 % of the statistics time
         self.mean_std = bool(mean_std) or self.higher_moments
         self._scratch = scratch
         # exact scalars
@@ -185,6 +185,7 @@ class TensorStats:
             self._merge_moments(other.count, other.mean, other.m2, other.m3, other.m4)
         elif do_m:
             self.count += other.count
+            self.n_zero += other.n_zero
 
     def _update_native_one_pass(self, lib, flat: np.ndarray) -> bool:
         """`update` in one pass over memory (tc_update: the bounds taken block by block in cache, with the bins)
@@ -192,7 +193,7 @@ class TensorStats:
         merges included. False, with nothing changed, where the batch holds a NaN or a value beyond the range:
         then the two-pass way grows the range or reports the value."""
         do_m = self._collect_moments
-        moments = (4 if self.higher_moments else 2) if do_m and self.mean_std else 0
+        moments = self._kernel_moments(do_m)
         if flat.size < SPLIT:
             parts = [(flat, (self.count, self.n_zero), (self.mean, self.m2, self.m3, self.m4), self.hist)]
         else:       # the halves and states of the two-pass way; the histograms are added once both succeeded
@@ -219,7 +220,7 @@ class TensorStats:
             hi = max(float(r[2][1]) for r in runs) + 0.0
             self.min = min(self.min, lo)
             self.max = max(self.max, hi)
-            if moments:
+            if moments > 1:
                 counts, mom = runs[0][0], runs[0][1]
                 self.count, self.n_zero = counts[0], counts[1]
                 self.mean, self.m2, self.m3, self.m4 = mom
@@ -227,18 +228,25 @@ class TensorStats:
                     counts, mom = runs[1][0], runs[1][1]
                     self.n_zero += counts[1]
                     self._merge_moments(counts[0], mom[0], mom[1], mom[2], mom[3])
-            else:
+            else:           # the first part continued the zero count, the second started at 0
                 self.count += flat.size
+                self.n_zero = sum(r[0][1] for r in runs)
         if len(parts) == 2:
             self.hist += parts[0][3]
             self.hist += parts[1][3]
         return True
 
+    def _kernel_moments(self, do_m: bool) -> int:
+        """The C kernels' `moments` argument: 4 or 2 (mean, M2 and up, and the zeros), 1 (the zeros only: KLD and
+        Octav leave exact zeros out of the histogram, so they are counted whatever else is kept), 0 (none)."""
+        if not do_m:
+            return 0
+        return (4 if self.higher_moments else 2) if self.mean_std else 1
+
     def _accumulate(self, lib, flat: np.ndarray, do_m: bool, do_h: bool) -> None:
         """Moments, zeros and histogram bins of `flat` (its range already covered), chunk by chunk."""
         if do_m and not self.mean_std:
             self.count += flat.size
-            do_m = False
         if lib is not None:
             self._accumulate_native(lib, flat, do_m, do_h)
             return
@@ -250,8 +258,11 @@ class TensorStats:
         for s in range(0, flat.size, CHUNK):
             c = flat[s:s + CHUNK]
             m = c.size
-            if do_m:
+            if do_m and self.mean_std:
                 self._add_moments(c, sc.d0[:m], sc.d1[:m], sc.b0[:m])
+            elif do_m:
+                np.equal(c, 0, out=sc.b0[:m])
+                self.n_zero += int(np.count_nonzero(sc.b0[:m]))
             if do_h:
                 f = sc.f0[:m]
                 idx = sc.i0[:m]
@@ -267,12 +278,14 @@ class TensorStats:
         """The C kernel's loop over the chunks: the same sums, merges and bins as the numpy loop in `update`."""
         counts = (ctypes.c_int64 * 2)(self.count, self.n_zero)
         mom = (ctypes.c_double * 4)(self.mean, self.m2, self.m3, self.m4)
-        moments = (4 if self.higher_moments else 2) if do_m else 0
+        moments = self._kernel_moments(do_m)
         lib.tc_accumulate(flat.ctypes.data, flat.size, CHUNK, moments, counts, mom,
                           self.hist.ctypes.data if do_h else None, self.side, self._scale)
-        if do_m:
+        if moments > 1:
             self.count, self.n_zero = counts[0], counts[1]
             self.mean, self.m2, self.m3, self.m4 = mom
+        elif moments:
+            self.n_zero = counts[1]
 
     def _add_moments(self, c: np.ndarray, d: np.ndarray, d2: np.ndarray, z: np.ndarray) -> None:
         m = c.size

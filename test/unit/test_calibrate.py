@@ -125,8 +125,13 @@ def toy(tmp_path_factory):
         feeds.append({"x": x})
     ref = ort_tensors(onnx_path, feeds)
     per_sample = [ort_tensors(onnx_path, [f]) for f in feeds]
+    # c1 is read only by the ReLU, so lowering fuses the pair: the table gives c1 r1's entry (TPU-MLIR's table
+    # has only the fused op, named r1); `table_ref` is what each table line describes
+    shares = {"c1_Conv": "r1_Relu"}
     return SimpleNamespace(dir=d, onnx=onnx_path, mlir=d / "toy.mlir", ds=ds, feeds=feeds, ref=ref,
-                           per_sample=per_sample)
+                           per_sample=per_sample, shares=shares,
+                           table_ref={n: ref[shares.get(n, n)] for n in ref},
+                           table_per_sample=[{n: p[shares.get(n, n)] for n in p} for p in per_sample])
 
 
 def calibrate(toy, out, *flags):
@@ -150,7 +155,7 @@ def test_use_max_is_the_abs_max_over_all_samples(toy, tmp_path):
     assert header["quantization threshold calculation method"] == "max"
     assert header["sample number"] == str(N_SAMPLES)
     for name, (th, lo, hi) in rows.items():
-        v = toy.ref[name]
+        v = toy.table_ref[name]
         amax = float(np.abs(v).max())
         np.testing.assert_allclose(th, amax, rtol=2e-6, atol=1e-7, err_msg=name)
         np.testing.assert_allclose(lo, float(v.min()), rtol=2e-6, atol=1e-7, err_msg=name)
@@ -163,7 +168,7 @@ def test_percentile9999_range_rules(toy, tmp_path):
     header, rows = read_table(tmp_path / "t.cali")
     assert header["quantization threshold calculation method"] == "percentile9999"
     for name, (th, lo, hi) in rows.items():
-        v = toy.ref[name].astype(np.float64).ravel()
+        v = toy.table_ref[name].astype(np.float64).ravel()
         amax = float(np.abs(v).max())
         assert 0 < th <= amax * (1 + 1e-6), name
         assert v.min() - 1e-6 <= lo <= hi <= v.max() + 1e-6, name
@@ -172,7 +177,7 @@ def test_percentile9999_range_rules(toy, tmp_path):
         if name == "s2_Sigmoid":                                 # bounded output: keeps its whole range
             np.testing.assert_allclose(th, amax, rtol=2e-6)
     # the percentile genuinely clips here (otherwise this test would only repeat use_max)
-    assert any(rows[n][0] < np.abs(toy.ref[n]).max() * 0.99 for n in rows)
+    assert any(rows[n][0] < np.abs(toy.table_ref[n]).max() * 0.99 for n in rows)
 
 
 def test_percentile9999_matches_numpy_within_a_bin(toy, tmp_path):
@@ -180,7 +185,7 @@ def test_percentile9999_matches_numpy_within_a_bin(toy, tmp_path):
     _, rows = read_table(tmp_path / "t.cali")
     bad = []
     for name, (th, lo, hi) in rows.items():
-        v = toy.ref[name].astype(np.float64).ravel()
+        v = toy.table_ref[name].astype(np.float64).ravel()
         amax = float(np.abs(v).max())
         width = amax / 2048        # --histogram_bin_num 2048 bins over [0, abs-max] at the coarsest
         plo, phi = np.percentile(v, 0.01), np.percentile(v, 99.99)
@@ -209,7 +214,7 @@ def test_kld_default_is_within_range_and_keeps_bounded_output(toy, tmp_path):
     assert "larger than the dataset" in err                  # tune_num 10 > 8 samples: a note, all used
     assert header["tune number"] == str(N_SAMPLES)
     for name, (th, lo, hi) in rows.items():
-        amax = float(np.abs(toy.ref[name]).max())
+        amax = float(np.abs(toy.table_ref[name]).max())
         assert 0 < th <= amax * (1 + 1e-6), (name, th, amax)
     np.testing.assert_allclose(rows["s2_Sigmoid"][0], np.abs(toy.ref["s2_Sigmoid"]).max(), rtol=2e-6)
 
@@ -282,8 +287,11 @@ def test_auto_tune_picks_the_brute_force_argmin(toy, tmp_path):
     _, initial = read_table(tmp_path / "kl0.cali")
     _, tuned = read_table(tmp_path / "kl.cali")
     g = ir.load_graph(str(tmp_path / "kl0.mlir"))
-    choices = _brute_force_choices(g, toy.ref, initial)
+    # the fused conv is not tuned: it keeps its activation's (tuned) entry, as TPU-MLIR's fused op has one
+    choices = {k: v for k, v in _brute_force_choices(g, toy.ref, initial).items() if v[0] not in toy.shares}
     assert choices, "the data gives auto-tune nothing to search"
+    for mac, act in toy.shares.items():
+        assert tuned[mac] == tuned[act] and initial[mac] == initial[act], mac
     by_tensor: dict[str, list] = {}
     for (consumer, i), (src, ok, best) in choices.items():
         by_tensor.setdefault(src, []).append((consumer, ok, best))
@@ -292,6 +300,8 @@ def test_auto_tune_picks_the_brute_force_argmin(toy, tmp_path):
     assert len(r1) == 2, r1
     for name, (th, lo, hi) in tuned.items():
         assert (lo, hi) == initial[name][1:], name
+        if name in toy.shares:
+            continue
         if name not in by_tensor:
             assert th == initial[name][0], (name, th, initial[name][0])   # not searched: unchanged
             continue
@@ -335,7 +345,7 @@ def test_tune_num_0_and_untuned_methods_leave_thresholds_alone(toy, tmp_path):
         a, b = read_table(tmp_path / "a.cali")[1], read_table(tmp_path / "b.cali")[1]
         assert a != b, method
         for n in a:
-            assert a[n][0] * (1 - 1e-7) <= b[n][0] <= np.abs(toy.ref[n]).max() * (1 + 1e-6), (method, n)
+            assert a[n][0] * (1 - 1e-7) <= b[n][0] <= np.abs(toy.table_ref[n]).max() * (1 + 1e-6), (method, n)
 
 
 # ----------------------------------------------------------------------------- determinism and sample selection
@@ -373,7 +383,7 @@ def test_input_num_takes_the_same_subset(toy, tmp_path):
     for subset in itertools.combinations(range(N_SAMPLES), n):
         ok = abs(np.mean([toy.per_sample[i]["x"].mean(dtype=np.float64) for i in subset]) - mean_x) < 2e-6
         for name, (th, lo, hi) in rows.items():
-            v = np.concatenate([toy.per_sample[i][name] for i in subset])
+            v = np.concatenate([toy.table_per_sample[i][name] for i in subset])
             ok = ok and np.isclose(lo, v.min(), rtol=2e-6, atol=1e-7) and np.isclose(hi, v.max(), rtol=2e-6,
                                                                                       atol=1e-7)
         if ok:
@@ -420,6 +430,40 @@ def test_save_mlir_and_import_pass_carry_the_table(toy, tmp_path):
     for n in g2.nodes:
         if n.name in rows:
             assert (n.extra["cali.threshold"], n.extra["cali.min"], n.extra["cali.max"]) == rows[n.name], n.name
+
+
+# ----------------------------------------------------------------------------- fused conv + ReLU pairs
+def test_fused_view_runs_the_pair_as_one_op_with_the_same_values(toy):
+    from tpu_cal.calibration import fused_view
+    from tpu_cal.interp.core import Interpreter
+    g = ir.load_graph(str(toy.mlir))
+    view, pairs = fused_view(g)
+    assert pairs == {"r1_Relu": "c1_Conv"}        # c2 feeds a sigmoid, c3 an add: not fusable
+    names = [n.name for n in view.nodes]
+    assert "c1_Conv" not in names
+    fused = view.node_map()["r1_Relu"]
+    assert fused.op == "top.conv" and fused.extra["do_relu"] and fused.extra["relu_limit"] == -1.0
+    assert [n.name for n in g.nodes if n.name != "c1_Conv"] == names           # same order otherwise
+    x = np.concatenate([f["x"] for f in toy.feeds])
+    a = Interpreter(g).run({"x": x}, keep="all")
+    b = Interpreter(view).run({"x": x}, keep="all")
+    for n in names:
+        np.testing.assert_array_equal(a[n], b[n], err_msg=n)
+    np.testing.assert_allclose(b["r1_Relu"], toy.ref["r1_Relu"], rtol=1e-5, atol=1e-5)
+
+
+def test_fused_conv_takes_its_activations_entry_whatever_is_collected(toy, tmp_path):
+    calibrate(toy, tmp_path / "a.cali", "--tune_num", "0")
+    out, _ = calibrate(toy, tmp_path / "b.cali", "--tune_num", "0", "--print_stats")
+    _, a = read_table(tmp_path / "a.cali")
+    assert a["c1_Conv"] == a["r1_Relu"]
+    assert a["r1_Relu"][1] == 0.0                  # a ReLU's range, not the conv's own (which goes negative)
+    assert float(toy.ref["c1_Conv"].min()) < -1
+    # --print_stats collects the conv's own statistics to show them, and the table stays the same
+    assert table_text_without_time(tmp_path / "a.cali") == table_text_without_time(tmp_path / "b.cali")
+    rows = {r[0]: r for r in parse_report(out, "per-tensor statistics")}
+    assert "fused" in rows["c1_Conv"][1] and "r1_Relu" in rows["c1_Conv"][1]
+    assert float(rows["c1_Conv"][2]) == pytest.approx(float(toy.ref["c1_Conv"].min()), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- --kurtosis_analysis and --print_stats

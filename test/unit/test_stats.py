@@ -12,6 +12,7 @@ import pytest
 from tpu_cal import native
 from tpu_cal.errors import UserError
 from tpu_cal.graph import Graph, Node
+from tpu_cal import thresholds as thr
 from tpu_cal.interp.core import Interpreter
 from tpu_cal.stats import NonFiniteValues, StatsCollector, TensorStats
 
@@ -465,10 +466,13 @@ def test_build_is_cached_keyed_by_source_and_concurrent_safe(monkeypatch, tmp_pa
 
 @both_paths
 def test_without_mean_and_std_the_histogram_and_range_are_the_same():
-    """mean_std=False (every method but ACIQ): histogram, count, min and max exactly as with the moments; mean
-    and std are NaN, not a made-up 0."""
+    """mean_std=False (every method but ACIQ): histogram, count, exact zeros, min and max exactly as with the
+    moments, so KLD (which leaves the zeros out) gives the same threshold; mean and std are NaN, not a made-up
+    0. The batches take the two-pass way (70 K values), the one pass of a set range and the two-thread halves
+    (1.2 M)."""
     rng = np.random.default_rng(21)
-    batches = [(rng.standard_normal(n) * 3).astype(np.float32) for n in (1000, 70_000, 1_200_000)]
+    batches = [np.maximum(rng.standard_normal(n) * 3, 0).astype(np.float32) for n in (1000, 70_000, 1_200_000)]
+    batches[1][:5] = -0.0
     full, bare = TensorStats(2048), TensorStats(2048, moments=False, mean_std=False)
     for b in batches:
         full.update(b)
@@ -476,5 +480,7 @@ def test_without_mean_and_std_the_histogram_and_range_are_the_same():
     np.testing.assert_array_equal(full.hist, bare.hist)
     assert (full.count, full.min, full.max, full.width) == (bare.count, bare.min, bare.max, bare.width)
     assert full.count == sum(b.size for b in batches)
+    assert bare.n_zero == full.n_zero == sum(int((b == 0).sum()) for b in batches)
+    assert thr.kld_threshold(bare) == thr.kld_threshold(full)
     assert np.isnan(bare.mean) and np.isnan(bare.std) and np.isnan(bare.kurtosis)
     assert full.std == pytest.approx(np.concatenate(batches).astype(np.float64).std(), rel=1e-9)

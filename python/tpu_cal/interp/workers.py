@@ -142,13 +142,14 @@ def matmul_items(fn, items):
             fn(it)
 
 
-_MATMUL_SPLIT_FLOPS = 1 << 22      # below this a matmul is not worth a thread hand-off
+_MATMUL_SPLIT_FLOPS = 1 << 23      # multiply-adds below which a matmul is not worth a thread hand-off
 
 
 def matmul(a, b) -> np.ndarray:
-    """np.matmul(a, b), cut along the result's rows (or its leading batch axis when there are few rows) into pieces
-    run on the pool with single-threaded BLAS. The cut depends only on the shapes, so results are deterministic;
-    each element is one BLAS dot over the whole inner axis, as in the uncut call."""
+    """np.matmul(a, b), cut into pieces run on the pool with single-threaded BLAS: by rows when b is one matrix
+    (a's batch axes folded into its rows: one big product per piece), else along the leading batch axis, else by
+    rows of each product. The cut depends only on the shapes, so results are deterministic; each element is
+    one BLAS dot over the whole inner axis, as in the uncut call."""
     a, b = np.asarray(a), np.asarray(b)
     if a.ndim < 2 or b.ndim < 2 or workers() < 2 or a.dtype != b.dtype or a.dtype.kind != "f":
         return np.matmul(a, b)
@@ -157,16 +158,23 @@ def matmul(a, b) -> np.ndarray:
     if int(np.prod(lead, dtype=np.int64)) * M * N * K < _MATMUL_SPLIT_FLOPS:
         return np.matmul(a, b)
     out = np.empty(lead + (M, N), a.dtype)
-    per_piece = 2 * workers()
-    if M >= per_piece or not lead or lead[0] < 2:
+    pieces = 2 * workers()
+    if b.ndim == 2 and a.flags.c_contiguous:
+        a, o = a.reshape(-1, K), out.reshape(-1, N)
+
         def work(r):
-            np.matmul(a[..., r[0]:r[1], :], b, out=out[..., r[0]:r[1], :])
-        matmul_items(work, chunks(M, -(-M // per_piece)))
-    else:
+            np.matmul(a[r[0]:r[1]], b, out=o[r[0]:r[1]])
+        rows = a.shape[0]
+    elif lead and lead[0] >= pieces:
         a = np.broadcast_to(a, lead + a.shape[-2:])
         b = np.broadcast_to(b, lead + b.shape[-2:])
 
         def work(r):
             np.matmul(a[r[0]:r[1]], b[r[0]:r[1]], out=out[r[0]:r[1]])
-        matmul_items(work, chunks(lead[0], -(-lead[0] // per_piece)))
+        rows = lead[0]
+    else:
+        def work(r):
+            np.matmul(a[..., r[0]:r[1], :], b, out=out[..., r[0]:r[1], :])
+        rows = M
+    matmul_items(work, chunks(rows, -(-rows // pieces)))
     return out

@@ -256,7 +256,7 @@ static int accumulate(const float *x, int64_t n, int64_t chunk, int moments, int
         const float *c = x + start;
         double k = mom[0], sum[4] = {0, 0, 0, 0};
         m = n - start < chunk ? n - start : chunk;
-        if (moments && count[0] == 0) {      /* first chunk: shift by the mean of its first 256 values */
+        if (moments > 1 && count[0] == 0) {  /* first chunk: shift by the mean of its first 256 values */
             int64_t h = m < 256 ? m : 256;
             k = 0;
             for (s = 0; s < h; s++)
@@ -270,10 +270,10 @@ static int accumulate(const float *x, int64_t n, int64_t chunk, int moments, int
                 free(w);
                 return 1;
             }
-            if (moments) {
+            if (moments > 1)
                 sums(c + s, b, k, moments > 2, sum);
+            if (moments)
                 count[1] += zeros(c + s, b);
-            }
             if (hist) {
                 int64_t squeezed, in_zero;
                 const int64_t nb = b;
@@ -298,7 +298,7 @@ static int accumulate(const float *x, int64_t n, int64_t chunk, int moments, int
                     hist[idx[i]]++;
             }
         }
-        if (moments) {
+        if (moments > 1) {
             double dm = (double)m, u = sum[0] / dm, cm2, cm3 = 0, cm4 = 0;
             cm2 = sum[1] - dm * u * u;
             cm2 = cm2 > 0 ? cm2 : 0;
@@ -331,8 +331,9 @@ static int accumulate(const float *x, int64_t n, int64_t chunk, int moments, int
 }
 
 /* Adds x[0..n) to the statistics, `chunk` values at a time (as the numpy path cuts them).
- * moments: 0 none, 2 mean and M2, 4 mean and M2..M4; count[0] values in the moments, count[1] exact zeros
- * (both only with moments); mom: mean, M2, M3, M4. hist: 2 * side counts, or NULL for no histogram. */
+ * moments: 0 none, 1 the exact zeros only, 2 mean and M2, 4 mean and M2..M4; count[0] values in the moments
+ * (2 and 4 only), count[1] exact zeros (1, 2, 4); mom: mean, M2, M3, M4. hist: 2 * side counts, or NULL for no
+ * histogram. */
 void tc_accumulate(const float *x, int64_t n, int64_t chunk, int moments, int64_t *count, double *mom,
                    int64_t *hist, int32_t side, float scale)
 {

@@ -14,6 +14,7 @@ afterwards carries the rewritten weights. Each rewrite prints a table of what it
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 
@@ -134,13 +135,20 @@ def calibrate(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: Datase
         run_softmax_correction(graph, ds, cfg.input_num, cfg.batch_size)
     if rw.we:
         run_weight_equalization(graph)
+    if rw.bc:       # bias correction measures each conv's own int8 output: it needs their thresholds
+        cfg = dataclasses.replace(cfg, preactivation_stats=True)
     res = calibrate_graph(graph, ds, cfg, tune_ds)
     if rw.smc:
         from .softmax_correction import fix_thresholds
         fix_thresholds(graph, res.table)
     if rw.bc:
-        from ..calibration import attach
-        attach(graph, res.table)
+        from ..calibration import attach, method_table
+        from ..lowering import activation_pairs
+        from ..thresholds import canonical_method
+        # measured unfused, each conv's own int8 output needs a threshold of its own (the table gives it the
+        # activation's: calibration.share_fused)
+        own = method_table(graph, res.stats, res.op_types, canonical_method(cfg.method), shared=False)
+        attach(graph, {**res.table, **{m: own[m] for m in activation_pairs(graph).values() if m in own}})
         res.bias_corrections = run_bias_correction(graph, ds, rw.bc_inference_num, cfg.batch_size, rw.processor,
                                                    rw.min_layer_cos, part=rw.bc_part)
     return res

@@ -66,17 +66,27 @@ def _conv_attrs(a: dict, nsp: int, w):
 
 def fused_relu(node, y):
     """A conv/deconv/matmul that lowering fused with its ReLU (`do_relu`, `relu_limit` < 0: none), as TPU-MLIR's."""
-    if not node.extra.get("do_relu"):
+    act = _activation(node)
+    if act is None:
         return y
-    lim = float(node.extra.get("relu_limit", -1.0))
     y = np.asarray(y)
-    out = y if y.flags.writeable else None
-    return np.clip(y, 0, lim, out=out) if lim >= 0 else np.maximum(y, 0, out=out)
+    return act(y) if y.flags.writeable else act(y.copy())
+
+
+def _activation(node):
+    """The fused ReLU / ReLU6 of a MAC op as an in-place function of a piece of its output (None: none). The conv
+    kernels apply it to each piece while the piece is in cache, instead of a pass over the whole output."""
+    if not node.extra.get("do_relu"):
+        return None
+    lim = float(node.extra.get("relu_limit", -1.0))
+    if lim >= 0:
+        return lambda y: np.clip(y, 0, lim, out=y)
+    return lambda y: np.maximum(y, 0, out=y)
 
 
 @impl("top.conv")
 def conv(node, x, w, b, shape):
-    return fused_relu(node, _conv(node, x, w, b))
+    return _conv(node, x, w, b)
 
 
 def _conv(node, x, w, b):
@@ -86,28 +96,31 @@ def _conv(node, x, w, b):
     w = np.asarray(w, dtype=x.dtype)
     if b is not None:
         b = np.asarray(b, dtype=x.dtype)
+    act = _activation(node)
     if nsp == 1:
         x2, k, s, p, d = _as2d(x, k, s, p, d)
-        y = _conv2d(x2, w[:, :, None, :], b, k, s, p, d, g)
+        y = _conv2d(x2, w[:, :, None, :], b, k, s, p, d, g, act)
         return y[:, :, 0, :]
     if nsp == 2:
-        return _conv2d(x, w, b, k, s, p, d, g)
-    return _conv_nd(x, w, b, k, s, p, d, g)
+        return _conv2d(x, w, b, k, s, p, d, g, act)
+    y = _conv_nd(x, w, b, k, s, p, d, g)
+    return y if act is None else act(y)
 
 
-def _conv2d(x, w, b, k, s, p, d, g):
+def _conv2d(x, w, b, k, s, p, d, g, act=None):
+    """2-D convolution; `act` (see `_activation`), if given, is applied to each piece of the output."""
     N, C, H, W = x.shape
     Co = w.shape[0]
     OH = out_size(H, k[0], s[0], d[0], p[0], p[2])
     OW = out_size(W, k[1], s[1], d[1], p[1], p[3])
     if k == [1, 1] and p == [0, 0, 0, 0] and g == 1:
-        return _pointwise(x[:, :, ::s[0], ::s[1]][:, :, :OH, :OW], w.reshape(Co, C), b)
+        return _pointwise(x[:, :, ::s[0], ::s[1]][:, :, :OH, :OW], w.reshape(Co, C), b, act)
     if g == C and Co == C and g > 1:
-        return _depthwise(x, w.reshape(C, k[0], k[1]), b, k, s, p, d, OH, OW)
-    return _im2col_conv(x, w, b, k, s, p, d, g, OH, OW)
+        return _depthwise(x, w.reshape(C, k[0], k[1]), b, k, s, p, d, OH, OW, act)
+    return _im2col_conv(x, w, b, k, s, p, d, g, OH, OW, act)
 
 
-def _pointwise(x, w2, b):
+def _pointwise(x, w2, b, act=None):
     """1x1 convolution: W @ x[n] per sample (split by columns when there are fewer samples than workers), each
     piece a single-threaded BLAS call on a worker thread, its bias added while the piece is still in cache."""
     N, C, H, W = x.shape
@@ -129,6 +142,8 @@ def _pointwise(x, w2, b):
         np.matmul(w2, xr[n, :, l0:l1], out=o)
         if bb is not None:
             o += bb
+        if act is not None:
+            act(o)
 
     _matmul_items(work, items)
     return out.reshape(N, Co, H, W)
@@ -144,7 +159,7 @@ def _pad_spatial(x, p):
     return xp
 
 
-def _im2col_conv(x, w, b, k, s, p, d, g, OH, OW):
+def _im2col_conv(x, w, b, k, s, p, d, g, OH, OW, act=None):
     N, C, H, W = x.shape
     Co = w.shape[0]
     Cg, Cog = C // g, Co // g
@@ -170,6 +185,8 @@ def _im2col_conv(x, w, b, k, s, p, d, g, OH, OW):
         np.matmul(wg, cols, out=o)
         if bb is not None:
             o += bb
+        if act is not None:
+            act(o)
 
     _matmul_items(work, items)
     return out.reshape(N, Co, OH, OW)
@@ -197,7 +214,7 @@ def _conv_nd(x, w, b, k, s, p, d, g):
 
 
 # ----------------------------------------------------------------------------------------------- depthwise
-def _depthwise(x, w, b, k, s, p, d, OH, OW):
+def _depthwise(x, w, b, k, s, p, d, OH, OW, act=None):
     """Depthwise 2-D convolution (one filter per channel), exact in float32.
 
     Three methods, chosen per layer by a cost model fitted on numpy + OpenBLAS (2 cores):
@@ -223,13 +240,13 @@ def _depthwise(x, w, b, k, s, p, d, OH, OW):
     if lib is not None:
         flat_ns /= 2.5          # the C kernel does what `_dw_flat` does, 2.5-3x faster (measured, 2 cores)
     if band_ns < flat_ns:
-        return _dw_band(x, w, b, k, s, p, d, OH, OW, Bh)
+        return _dw_band(x, w, b, k, s, p, d, OH, OW, Bh, act=act)
     if lib is not None:
-        return _dw_native(lib, x, w, b, k, s, p, d, OH, OW)
-    return _dw_flat(x, w, b, k, s, p, d, OH, OW)
+        return _dw_native(lib, x, w, b, k, s, p, d, OH, OW, act)
+    return _dw_flat(x, w, b, k, s, p, d, OH, OW, act=act)
 
 
-def _dw_native(lib, x, w, b, k, s, p, d, OH, OW):
+def _dw_native(lib, x, w, b, k, s, p, d, OH, OW, act=None):
     """The C kernel (native/conv_kernel.c): each output row accumulated tap by tap in L1, planes spread over the
     worker pool. 2.5-3x `_dw_flat` on wide planes; narrow ones (14x14 and below) stay faster as banded BLAS."""
     N, C, H, W = x.shape
@@ -241,7 +258,14 @@ def _dw_native(lib, x, w, b, k, s, p, d, OH, OW):
     args = (x.ctypes.data, wf.ctypes.data, None if bf is None else bf.ctypes.data, out.ctypes.data)
     geo = (C, H, W, k[0], k[1], s[0], s[1], d[0], d[1], p[0], p[1], OH, OW)
     per = max(1, min(-(-R // (4 * _workers())), (1 << 20) // max(1, OH * OW)))
-    _parallel(lambda c: lib.tc_dwconv2d(*args, c[0], c[1], *geo), _chunks(R, per))
+    planes = out.reshape(R, OH * OW)
+
+    def work(c):
+        lib.tc_dwconv2d(*args, c[0], c[1], *geo)
+        if act is not None:
+            act(planes[c[0]:c[1]])
+
+    _parallel(work, _chunks(R, per))
     return out
 
 
@@ -249,7 +273,7 @@ def _band_height(OH: int, OW: int) -> int:
     return max(1, min(OH, -(-32 // max(OW, 1))))
 
 
-def _dw_band(x, w, b, k, s, p, d, OH, OW, Bh, t_bytes=16 << 20):
+def _dw_band(x, w, b, k, s, p, d, OH, OW, Bh, t_bytes=16 << 20, act=None):
     N, C, H, W = x.shape
     kh, kw = k
     span = (kh - 1) * d[0] + 1
@@ -286,12 +310,14 @@ def _dw_band(x, w, b, k, s, p, d, OH, OW, Bh, t_bytes=16 << 20):
             np.matmul(a, T[:, :hb * W, :nb * OW], out=out[:, c0:c1, o0 * OW:(o0 + nb) * OW].transpose(1, 0, 2))
         if b is not None:
             out[:, c0:c1] += b[c0:c1, None]
+        if act is not None:
+            act(out[:, c0:c1])
 
     _matmul_items(work, _chunks(C, min(cper, -(-C // (2 * _workers())))))
     return out.reshape(N, C, OH, OW)
 
 
-def _dw_flat(x, w, b, k, s, p, d, OH, OW, chunk_bytes=2 << 20):
+def _dw_flat(x, w, b, k, s, p, d, OH, OW, chunk_bytes=2 << 20, act=None):
     N, C, H, W = x.shape
     R = N * C
     x3 = x.reshape(R, H, W)
@@ -347,6 +373,8 @@ def _dw_flat(x, w, b, k, s, p, d, OH, OW, chunk_bytes=2 << 20):
             np.add(o, br[r0:r1], out=out[r0:r1])
         else:
             out[r0:r1] = o
+        if act is not None:
+            act(out[r0:r1])
 
     _parallel(work, _chunks(R, per))
     return out.reshape(N, C, OH, OW)
