@@ -20,11 +20,12 @@ _POOL = None
 def pool() -> ThreadPoolExecutor | None:
     """Helper threads for chunked loops (numpy releases the GIL inside ufunc and BLAS calls)."""
     global _POOL
+    if _POOL is not None:
+        return _POOL
     n = min(os.cpu_count() or 1, 4) - 1     # the calling thread works too
     if n <= 0:
         return None
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(n, thread_name_prefix="tpu_cal_kernel")
+    _POOL = ThreadPoolExecutor(n, thread_name_prefix="tpu_cal_kernel")
     return _POOL
 
 

@@ -5,11 +5,14 @@ import math
 
 import numpy as np
 
-from scipy.special import erf as _erf
-
 from ... import native
 from ..core import impl, impl_inplace
 from ..workers import chunks as _chunks, parallel as _parallel
+
+
+def _erf(x):
+    from scipy.special import erf      # imported on first use: scipy takes 0.2 s to load, and few models need it
+    return erf(x)
 
 
 def _out(node, y):

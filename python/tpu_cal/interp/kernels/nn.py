@@ -217,7 +217,9 @@ def _conv_nd(x, w, b, k, s, p, d, g):
 def _depthwise(x, w, b, k, s, p, d, OH, OW, act=None):
     """Depthwise 2-D convolution (one filter per channel), exact in float32.
 
-    Three methods, chosen per layer by a cost model fitted on numpy + OpenBLAS (2 cores):
+    `_dw_native` (float32, where the C kernels built) on every layer: it beats both numpy ways at every plane size
+    measured (1.3-2.3x the banded BLAS on 7x7 and 14x14 planes, which it rounds differently in the last bits).
+    Without it, the cheaper of the two numpy ways by a cost model fitted on numpy + OpenBLAS (2 cores):
     - `_dw_band` (narrow planes: the late layers, 7x7 to 28x28): banded Toeplitz matmuls. Output rows are taken
       in bands of `Bh`; for each channel the band is x[n, c, input rows of the band] @ T[c] where T[c] holds the
       filter at every (input pixel, output pixel) pair. The input rows of a band are contiguous, so x is read in
@@ -227,22 +229,20 @@ def _depthwise(x, w, b, k, s, p, d, OH, OW, act=None):
       each multiply-add is a single long contiguous loop; strides are handled by splitting the padded input into
       stride phases (each tap reads one phase with a unit stride). Chunked so the working set stays in cache,
       spread over the worker pool.
-    - `_dw_native` (wide planes, float32, where the C kernels built): the same multiply-adds row by row in C.
+    - `_dw_native`: the multiply-adds of `_dw_flat` accumulated in registers over all taps, in C.
     """
     N, C, H, W = x.shape
     lib = native.stats_library() if x.dtype == np.float32 else None
+    if lib is not None:     # faster than both numpy ways on every plane size measured (2x2 to 224x224, k 3-13)
+        return _dw_native(lib, x, w, b, k, s, p, d, OH, OW, act)
     kk = k[0] * k[1]
     PW = OW + ((k[1] - 1) * d[1]) // s[1]
     flat_ns = 0.35 * N * C * OH * PW * kk + 0.5 * N * C * H * W
     Bh = _band_height(OH, OW)
     Hb = (Bh - 1) * s[0] + (k[0] - 1) * d[0] + 1
     band_ns = 0.06 * N * C * OH * OW * Hb * W / Bh + 1000.0 * C * (-(-OH // Bh)) + 0.5 * N * C * H * W
-    if lib is not None:
-        flat_ns /= 2.5          # the C kernel does what `_dw_flat` does, 2.5-3x faster (measured, 2 cores)
     if band_ns < flat_ns:
         return _dw_band(x, w, b, k, s, p, d, OH, OW, Bh, act=act)
-    if lib is not None:
-        return _dw_native(lib, x, w, b, k, s, p, d, OH, OW, act)
     return _dw_flat(x, w, b, k, s, p, d, OH, OW, act=act)
 
 
