@@ -254,8 +254,10 @@ def calibrate_graph(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: 
     if bins < 16 or bins & (bins - 1):
         raise UserError(f"--histogram_bin_num must be a power of two >= 16, got {bins}")
     samples = ds.take(cfg.input_num)
+    # bounded outputs (sigmoid, ReLU6, ...) keep their observed range whatever the method: no histogram there
     col = StatsCollector(bins=bins, moments=cfg.kurtosis,
-                         mean_std=cfg.mean_std or method in ("aciq_gauss", "aciq_laplace"))
+                         mean_std=cfg.mean_std or method in ("aciq_gauss", "aciq_laplace"),
+                         no_histogram=thr.bounded_tensors(graph))
     view, pairs = (graph, {}) if cfg.preactivation_stats else fused_view(graph)
     run_batches(Interpreter(view, [col]), ds, samples, cfg.batch_size, f"calibrate ({method})", graph=graph)
     nodes = graph.node_map()

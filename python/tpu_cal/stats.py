@@ -85,6 +85,23 @@ def _float_view(x) -> np.ndarray:
     return a.reshape(-1)
 
 
+def _minmax_native(lib, flat: np.ndarray) -> tuple[float, float, bool]:
+    """min, max (NaN ignored) and whether `flat` holds a NaN, by tc_minmax; on two threads from SPLIT values."""
+    parts = [flat] if flat.size < SPLIT else [flat[:flat.size // 2], flat[flat.size // 2:]]
+    out = [((ctypes.c_float * 2)(), [False]) for _ in parts]
+
+    def run(k):
+        bounds, nan = out[k]
+        nan[0] = bool(lib.tc_minmax(parts[k].ctypes.data, parts[k].size, bounds))
+
+    if len(parts) == 1:
+        run(0)
+    else:
+        from .interp.workers import parallel
+        parallel(run, [0, 1])
+    return min(b[0] for b, _ in out), max(b[1] for b, _ in out), any(n[0] for _, n in out)
+
+
 def _is_float_dtype(dtype) -> bool:
     dt = np.dtype(dtype)
     return dt.kind == "f" or dt.name == "bfloat16"
@@ -98,7 +115,7 @@ class TensorStats:
     """
 
     def __init__(self, bins: int = 2048, *, oversample: int = 2, histogram: bool = True,
-                 moments: bool = True, mean_std: bool = True, scratch: _Scratch | None = None):
+                 moments: bool = True, mean_std: bool = True, zeros: bool = True, scratch: _Scratch | None = None):
         if bins < 8 or bins & (bins - 1):
             raise ValueError(f"bins must be a power of two >= 8, got {bins}")
         if oversample < 1 or oversample & (oversample - 1):
@@ -109,6 +126,9 @@ class TensorStats:
         # mean and M2 (std); off, only the count, exact zeros, min, max and histogram are kept (what every method
         # but ACIQ needs), which saves 40 % of the statistics time
         self.mean_std = bool(mean_std) or self.higher_moments
+        # exact zeros are counted for the histogram methods, which leave them out; without mean and std, a tensor
+        # with no use for a histogram skips them (then only min and max take a pass over its values)
+        self.zeros = bool(zeros) or self.mean_std
         self._scratch = scratch
         # exact scalars
         self.count = 0
@@ -141,9 +161,7 @@ class TensorStats:
             if self._collect_hist and self._scale > 0 and 32 * self.side <= flat.size < 1 << 31 \
                     and self._update_native_one_pass(lib, flat):
                 return
-            bounds = (ctypes.c_float * 2)()
-            nan = bool(lib.tc_minmax(flat.ctypes.data, flat.size, bounds))
-            lo, hi = bounds
+            lo, hi, nan = _minmax_native(lib, flat)
         else:
             lo, hi = flat.min(), flat.max()
             nan = bool(np.isnan(lo) or np.isnan(hi))
@@ -174,7 +192,7 @@ class TensorStats:
         # numpy path cuts the same way, so both give the same results whatever the number of cores
         cut = flat.size // (2 * CHUNK) * CHUNK
         other = TensorStats(self.bins, oversample=self.side // self.bins, histogram=do_h,
-                            moments=self.higher_moments, mean_std=self.mean_std)
+                            moments=self.higher_moments, mean_std=self.mean_std, zeros=self.zeros)
         other._scale = self._scale
         from .interp.workers import parallel
         parallel(lambda job: job[0]._accumulate(lib, job[1], do_m, do_h), [(self, flat[:cut]), (other, flat[cut:])])
@@ -241,7 +259,7 @@ class TensorStats:
         Octav leave exact zeros out of the histogram, so they are counted whatever else is kept), 0 (none)."""
         if not do_m:
             return 0
-        return (4 if self.higher_moments else 2) if self.mean_std else 1
+        return (4 if self.higher_moments else 2) if self.mean_std else int(self.zeros)
 
     def _accumulate(self, lib, flat: np.ndarray, do_m: bool, do_h: bool) -> None:
         """Moments, zeros and histogram bins of `flat` (its range already covered), chunk by chunk."""
@@ -260,7 +278,7 @@ class TensorStats:
             m = c.size
             if do_m and self.mean_std:
                 self._add_moments(c, sc.d0[:m], sc.d1[:m], sc.b0[:m])
-            elif do_m:
+            elif do_m and self.zeros:
                 np.equal(c, 0, out=sc.b0[:m])
                 self.n_zero += int(np.count_nonzero(sc.b0[:m]))
             if do_h:
@@ -509,13 +527,15 @@ class StatsCollector(Listener):
     after_op_reads_inputs = False
 
     def __init__(self, bins: int = 2048, *, two_pass: bool = False, moments: bool = True, mean_std: bool = True,
-                 oversample: int = 2, names: Iterable[str] | None = None):
+                 oversample: int = 2, names: Iterable[str] | None = None, no_histogram: Iterable[str] = ()):
         self.bins = bins
         self.two_pass = two_pass
         self.moments = moments
         self.mean_std = mean_std
         self.oversample = 1 if two_pass else oversample
         self.only = set(names) if names is not None else None
+        # tensors whose thresholds need no histogram (bounded outputs keep their observed range): the rest only
+        self.no_histogram = set(no_histogram)
         self.stats: dict[str, TensorStats] = {}
         self.op_types: dict[str, str] = {}
         self.infinite: dict[str, int] = {}      # tensor -> infinities passed on from its operands (masks)
@@ -535,8 +555,9 @@ class StatsCollector(Listener):
     def start_histogram_pass(self) -> None:
         if not self.two_pass:
             raise RuntimeError("start_histogram_pass() needs a collector made with two_pass=True")
-        for st in self.stats.values():
-            st.start_histogram_pass()
+        for name, st in self.stats.items():
+            if name not in self.no_histogram:
+                st.start_histogram_pass()
         self._pass = 2
         self._next_sample = 0
 
@@ -562,11 +583,15 @@ class StatsCollector(Listener):
         out = np.asarray(output)
         if not _is_float_dtype(out.dtype):
             return None
+        if self._pass == 2 and node.name in self.no_histogram:
+            return None
         st = self.stats.get(node.name)
         if st is None:
             if self._pass == 2:
                 return None              # not seen in the first pass: nothing to histogram against
-            st = TensorStats(self.bins, oversample=self.oversample, histogram=not self.two_pass,
+            st = TensorStats(self.bins, oversample=self.oversample,
+                             histogram=not self.two_pass and node.name not in self.no_histogram,
+                             zeros=node.name not in self.no_histogram,
                              moments=self.moments, mean_std=self.mean_std, scratch=self._scratch)
             self.stats[node.name] = st
             self.op_types[node.name] = node.op

@@ -18,7 +18,8 @@ noise there is at most ``1/(2*127)`` at full range, so clipping buys little, whi
 destroys exactly the values that matter (saturated gates, the winning probability). TPU-MLIR's KLD gives a
 [0, 1] sigmoid output 0.0625 (its importer then ignores the table and forces [0, 1] for sigmoid and
 softmax). Our rule, for an op with known output bounds: the threshold is the observed abs-max (never above
-the bound), whatever the method says. `output_bounds` knows which ops are bounded.
+the bound) and the min/max columns the observed ones, whatever the method says, so calibration takes no
+histogram of these tensors. `output_bounds` knows which ops are bounded.
 
 Method notes (facts from the TPU-MLIR calibration chapter and its reference implementation):
 
@@ -329,6 +330,8 @@ def table_entry(st: TensorStats, method: str, *, bits: int = 8,
     method = canonical_method(method)
     if st.count == 0 or st.absmax == 0:
         return ZERO_FALLBACK, 0.0, ZERO_FALLBACK
+    if bounds is not None:      # a bounded output keeps its whole observed range, whatever the method
+        return finalize(st.absmax, st, bounds), st.min, st.max
     if method not in _NO_HISTOGRAM and not st.has_histogram:
         raise RuntimeError(f"method '{method}' needs the histogram: run the histogram pass first "
                            f"(StatsCollector.start_histogram_pass in two-pass mode)")

@@ -207,6 +207,52 @@ def test_collector_streams_every_op_output():
 
 
 @both_paths
+@pytest.mark.parametrize("two_pass", [False, True])
+def test_collector_skips_histograms_of_bounded_tensors(two_pass):
+    """`no_histogram` names (bounded outputs) keep exact count, min and max but no histogram and no zero count;
+    the others are as without the option. Every method then gives a bounded tensor its observed range."""
+    g = _graph()
+    rng = np.random.default_rng(3)
+    data = [rng.uniform(0, 3, (8, 8)).astype(np.float32) for _ in range(3)]
+    data[1][0, :3] = 0.0                              # exact zeros in x and l_Log: histogram tensors
+    cols = [StatsCollector(bins=256, two_pass=two_pass, moments=False, mean_std=False, no_histogram=nh)
+            for nh in ((), ("s_Sigmoid",))]
+    for col in cols:
+        it = Interpreter(g, [col])
+        for _ in range(2 if two_pass else 1):
+            for x in data:
+                it.run({"x": x})
+            if col.histogram_pass_pending:
+                col.start_histogram_pass()
+    full, skip = cols[0].stats, cols[1].stats
+    sig = 1 / (1 + np.exp(-np.log(np.concatenate(data).astype(np.float64) + 1.0)))
+    st = skip["s_Sigmoid"]
+    assert not st.has_histogram and st.count == sig.size
+    assert st.min == pytest.approx(sig.min(), rel=1e-6) and st.max == pytest.approx(sig.max(), rel=1e-6)
+    for name in ("x", "a_Add", "l_Log"):
+        np.testing.assert_array_equal(full[name].hist, skip[name].hist)
+        assert full[name].n_zero == skip[name].n_zero
+    assert skip["x"].n_zero == skip["l_Log"].n_zero == 3
+    for method in thr.METHODS:
+        th, lo, hi = thr.table_entry(st, method, bounds=(0.0, 1.0))
+        assert (th, lo, hi) == (st.absmax, st.min, st.max), method
+        assert thr.table_entry(full["s_Sigmoid"], method, bounds=(0.0, 1.0)) == (th, lo, hi), method
+
+
+def test_minmax_on_two_threads_finds_nan_and_bounds_in_either_half():
+    from tpu_cal import stats as S
+    lib = require_native()
+    x = np.random.default_rng(4).standard_normal(S.SPLIT + 12345).astype(np.float32)
+    x[10] = -9.0
+    x[-3] = 11.0
+    assert S._minmax_native(lib, x) == (-9.0, 11.0, False)
+    x[-7] = np.nan
+    lo, hi, nan = S._minmax_native(lib, x)
+    assert nan and (lo, hi) == (-9.0, 11.0)
+    assert S._minmax_native(lib, x[:100])[:2] == (float(np.nanmin(x[:100])), float(np.nanmax(x[:100])))
+
+
+@both_paths
 def test_collector_names_op_and_samples_on_nan():
     g = _graph()
     col = StatsCollector(bins=256)
