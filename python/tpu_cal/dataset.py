@@ -99,4 +99,5 @@ class Dataset:
         """Yields (first sample index, feeds) with up to batch_size samples stacked on the batch axis."""
         for i in range(0, len(samples), batch_size):
             chunk = [self.load(s) for s in samples[i:i + batch_size]]
-            yield i, {n.name: np.concatenate([c[n.name] for c in chunk]) for n in self.inputs}
+            # C order whatever the files' layout (an .npy saved from a transposed array): the kernels want it
+            yield i, {n.name: np.ascontiguousarray(np.concatenate([c[n.name] for c in chunk])) for n in self.inputs}

@@ -165,5 +165,5 @@ def load_inputs(path: str, inputs: list, preprocess: Preprocess) -> dict[str, np
             raise UserError(f"{path}: input '{n.name}' has dtype {x.dtype}, the model expects {n.dtype}")
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
             raise UserError(f"{path}: input '{n.name}' contains NaN or Inf")
-        out[n.name] = x.astype(n.dtype)
+        out[n.name] = x.astype(n.dtype, copy=False)
     return out
