@@ -89,6 +89,34 @@ block(const float *q, const int64_t *toff, const float *wc, int64_t kk, const fl
     }
 }
 
+/* planes no wider than a vector: nr (1..UR, a constant after inlining) output rows from `row0`, one vector each,
+ * rows `rs` floats apart in the phase buffer, accumulated together over the taps (independent add chains, where
+ * one row alone waits on its own adds); the first n floats of each stored to out, rows n apart */
+#define UR 8
+static inline __attribute__((always_inline)) void
+rows(const float *q, int64_t rs, const int64_t *toff, const float *wc, int64_t kk, const float *bias, float *out,
+     int64_t n, const int nr)
+{
+    vf acc[UR];
+    int64_t t;
+    int u;
+    for (u = 0; u < nr; u++)
+        acc[u] = (vf){0};
+    for (t = 0; t < kk; t++) {
+        const float *s = q + toff[t];
+        const vf wv = (vf){0} + wc[t];
+        for (u = 0; u < nr; u++)
+            acc[u] += wv * loadv(s + u * rs);
+    }
+    for (u = 0; u < nr; u++) {
+        float tmp[VL];
+        if (bias)
+            acc[u] += *bias;
+        memcpy(tmp, &acc[u], sizeof tmp);
+        memcpy(out + u * n, tmp, (size_t)n * sizeof(float));
+    }
+}
+
 void tc_dwconv2d(const float *x, const float *w, const float *b, float *y, int64_t r0, int64_t r1, int64_t C,
                  int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
                  int64_t pt, int64_t pl, int64_t OH, int64_t OW)
@@ -169,6 +197,21 @@ void tc_dwconv2d(const float *x, const float *w, const float *b, float *y, int64
                     memset(qr + chi, 0, (size_t)(QW - chi) * sizeof *qr);
                 }
             }
+        if (OW <= VL) {                 /* narrow planes (7x7, 14x14): rows side by side */
+            for (oh = 0; oh + UR <= OH; oh += UR)
+                rows(q + oh * sh * QW, sh * QW, toff, wc, kk, bias, yp + oh * OW, OW, UR);
+            switch (OH - oh) {
+            case 0: break;
+            case 1: rows(q + oh * sh * QW, sh * QW, toff, wc, kk, bias, yp + oh * OW, OW, 1); break;
+            case 2: rows(q + oh * sh * QW, sh * QW, toff, wc, kk, bias, yp + oh * OW, OW, 2); break;
+            case 3: rows(q + oh * sh * QW, sh * QW, toff, wc, kk, bias, yp + oh * OW, OW, 3); break;
+            case 4: rows(q + oh * sh * QW, sh * QW, toff, wc, kk, bias, yp + oh * OW, OW, 4); break;
+            case 5: rows(q + oh * sh * QW, sh * QW, toff, wc, kk, bias, yp + oh * OW, OW, 5); break;
+            case 6: rows(q + oh * sh * QW, sh * QW, toff, wc, kk, bias, yp + oh * OW, OW, 6); break;
+            default: rows(q + oh * sh * QW, sh * QW, toff, wc, kk, bias, yp + oh * OW, OW, 7); break;
+            }
+            continue;
+        }
         for (oh = 0; oh < OH; oh++) {
             const float *qo = q + oh * sh * QW;
             float *yr = yp + oh * OW;
