@@ -16,7 +16,7 @@ from . import thresholds as thr
 from .dataset import Dataset, Sample
 from .errors import UserError
 from .graph import Graph, Node
-from .interp.core import KERNELS, Interpreter, Listener
+from .interp.core import KERNELS, RANGE_KEY, Interpreter, Listener, OutputRange
 from .stats import StatsCollector, inherits_inf
 
 ATTR_TH, ATTR_MIN, ATTR_MAX = "cali.threshold", "cali.min", "cali.max"
@@ -218,7 +218,7 @@ class CalibrationConfig:
     preactivation_stats: bool = False
 
 
-def fused_view(graph: Graph) -> tuple[Graph, dict[str, str]]:
+def fused_view(graph: Graph, measured=()) -> tuple[Graph, dict[str, str]]:
     """The graph with each `lowering.activation_pairs` pair run as one op: the conv/deconv/matmul with its ReLU or
     ReLU6 applied inside (`do_relu`, `relu_limit`, as lowering fuses it), under the activation's name and at its
     place; and the pairs (activation -> MAC op). The activation's values are bit for bit those of the two ops.
@@ -227,7 +227,10 @@ def fused_view(graph: Graph) -> tuple[Graph, dict[str, str]]:
     (`share_fused`): lowering never holds it in int8 (the accumulator is requantized straight to the activation's
     type), TPU-MLIR's table has no such tensor (its importer fuses the pair under the activation's name), and
     where a qtable splits a pair, quantizing the activation's input with the activation's own threshold changes
-    nothing the activation lets through."""
+    nothing the activation lets through.
+
+    A fused ReLU6 named in `measured` carries an `OutputRange`: its kernel measures each piece of the output in
+    cache, and a range-only statistic (a bounded tensor's) takes that instead of a pass over memory."""
     from .lowering import ATTR_DO_RELU, ATTR_RELU_LIMIT, activation_pairs     # lowering imports this module
     pairs = activation_pairs(graph)
     if not pairs:
@@ -242,6 +245,8 @@ def fused_view(graph: Graph) -> tuple[Graph, dict[str, str]]:
             mac = by_name[pairs[n.name]]
             extra = dict(mac.extra, **{ATTR_DO_RELU: True,
                                        ATTR_RELU_LIMIT: float(n.attrs["max"]) if n.op == "top.clip" else -1.0})
+            if n.op == "top.clip" and n.name in measured:
+                extra[RANGE_KEY] = OutputRange()
             n = Node(mac.op, n.name, list(mac.inputs), dict(mac.attrs), n.shape, n.dtype, extra)
         nodes.append(n)
     return Graph(graph.name, list(graph.inputs), list(graph.outputs), nodes, graph.weights, dict(graph.attrs)), pairs
@@ -255,10 +260,10 @@ def calibrate_graph(graph: Graph, ds: Dataset, cfg: CalibrationConfig, tune_ds: 
         raise UserError(f"--histogram_bin_num must be a power of two >= 16, got {bins}")
     samples = ds.take(cfg.input_num)
     # bounded outputs (sigmoid, ReLU6, ...) keep their observed range whatever the method: no histogram there
+    bounded = thr.bounded_tensors(graph)
     col = StatsCollector(bins=bins, moments=cfg.kurtosis,
-                         mean_std=cfg.mean_std or method in ("aciq_gauss", "aciq_laplace"),
-                         no_histogram=thr.bounded_tensors(graph))
-    view, pairs = (graph, {}) if cfg.preactivation_stats else fused_view(graph)
+                         mean_std=cfg.mean_std or method in ("aciq_gauss", "aciq_laplace"), no_histogram=bounded)
+    view, pairs = (graph, {}) if cfg.preactivation_stats else fused_view(graph, measured=bounded)
     run_batches(Interpreter(view, [col]), ds, samples, cfg.batch_size, f"calibrate ({method})", graph=graph)
     nodes = graph.node_map()
     for act in pairs:               # the fused op's statistics are the activation's: so is its threshold rule

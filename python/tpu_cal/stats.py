@@ -48,7 +48,7 @@ import numpy as np
 
 from . import native
 from .errors import UserError
-from .interp.core import Listener
+from .interp.core import RANGE_KEY, Listener
 
 CHUNK = 1 << 16          # values per chunk: the chunk and its three work buffers stay in cache
 SPLIT = 1 << 20          # batches of at least this many values are split in two halves, one per thread
@@ -204,6 +204,25 @@ class TensorStats:
         elif do_m:
             self.count += other.count
             self.n_zero += other.n_zero
+
+    @property
+    def range_only(self) -> bool:
+        """Whether `update` keeps no more than count, min and max (no histogram, moments or zero count), so
+        `add_range` can stand for it."""
+        return self._collect_moments and not (self._collect_hist or self.mean_std or self.zeros)
+
+    def add_range(self, n: int, lo: float, hi: float, nan: bool) -> None:
+        """`update` of a range-only object from a batch's size, min, max and NaN flag measured elsewhere (a kernel's
+        `OutputRange`): the same state, and the same NonFiniteValues where the batch holds NaN or Inf."""
+        if not self.range_only:
+            raise RuntimeError("add_range() needs a range-only TensorStats (no histogram, moments or zeros)")
+        if n == 0:
+            return
+        if nan or not (math.isfinite(lo) and math.isfinite(hi)):
+            raise NonFiniteValues("NaN" if nan else "Inf", f"a tensor of {n} values")
+        self.min = min(self.min, float(lo) + 0.0)
+        self.max = max(self.max, float(hi) + 0.0)
+        self.count += int(n)
 
     def _update_native_one_pass(self, lib, flat: np.ndarray) -> bool:
         """`update` in one pass over memory (tc_update: the bounds taken block by block in cache, with the bins)
@@ -595,8 +614,13 @@ class StatsCollector(Listener):
                              moments=self.moments, mean_std=self.mean_std, scratch=self._scratch)
             self.stats[node.name] = st
             self.op_types[node.name] = node.op
+        sink = node.extra.get(RANGE_KEY)
+        measured = sink.total(out.size) if sink is not None and st.range_only else None
         try:
-            st.update(out)
+            if measured is not None:        # the kernel measured its output in cache (interp.core.OutputRange)
+                st.add_range(out.size, *measured)
+            else:
+                st.update(out)
         except NonFiniteValues as e:
             if e.kind == "Inf" and inherits_inf(inputs):
                 # an attention mask's -inf (where(mask, 0, -inf), then added to the scores) is data, not a

@@ -466,6 +466,52 @@ def test_fused_conv_takes_its_activations_entry_whatever_is_collected(toy, tmp_p
     assert float(rows["c1_Conv"][2]) == pytest.approx(float(toy.ref["c1_Conv"].min()), rel=1e-6)
 
 
+def test_fused_relu6_measures_its_range_in_the_kernel(tmp_path):
+    """A conv + ReLU6 of the fused view reports its output's range piece by piece (OutputRange): the statistics
+    of the bounded tensor are those of a scan of the two-op graph, and a NaN still stops the run naming the op."""
+    from clitools import require_native
+    from tpu_cal import thresholds as thr
+    from tpu_cal.calibration import fused_view
+    from tpu_cal.errors import UserError
+    from tpu_cal.interp.core import RANGE_KEY, Interpreter
+    from tpu_cal.stats import StatsCollector
+    require_native()
+    rng = np.random.default_rng(5)
+    x = h.make_tensor_value_info("x", T.FLOAT, [1, 3, 20, 20])
+    y = h.make_tensor_value_info("y", T.FLOAT, [1, 4, 20, 20])
+    inits = [nh.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+             nh.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2"),
+             nh.from_array(np.array(0, np.float32), "lo"), nh.from_array(np.array(6, np.float32), "hi")]
+    nodes = [h.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             h.make_node("Clip", ["c1", "lo", "hi"], ["r1"]), h.make_node("Conv", ["r1", "w2"], ["y"])]
+    onnx.save(h.make_model(h.make_graph(nodes, "r6", [x], [y], inits), opset_imports=[h.make_opsetid("", 17)]),
+              str(tmp_path / "r6.onnx"))
+    rc, _, err = run_cli("transform", "--model_name", "r6", "--model_def", tmp_path / "r6.onnx",
+                         "--mlir", tmp_path / "r6.mlir")
+    assert rc == 0, err
+    g = ir.load_graph(str(tmp_path / "r6.mlir"))
+    bounded = thr.bounded_tensors(g)
+    view, pairs = fused_view(g, measured=bounded)
+    (act, mac), = pairs.items()
+    sink = view.node_map()[act].extra[RANGE_KEY]
+    cols = [StatsCollector(moments=False, mean_std=False, no_histogram=bounded) for _ in range(2)]
+    runs = [Interpreter(view, [cols[0]]), Interpreter(g, [cols[1]])]
+    batches = [(rng.standard_normal((n, 3, 20, 20)) * s).astype(np.float32) for n, s in ((3, 1.0), (5, 0.2), (2, 4.0))]
+    for b in batches:
+        for it in runs:
+            it.run({"x": b})
+        assert sum(p[0] for p in sink.parts) == b.shape[0] * 8 * 20 * 20      # this run's pieces cover it all
+    got, want = cols[0].stats[act], cols[1].stats[act]
+    assert (got.count, got.min, got.max) == (want.count, want.min, want.max)
+    assert not got.has_histogram and 0 <= got.min < got.max <= 6
+    bad = batches[0].copy()
+    bad[1, 0, 3, 3] = np.nan            # only the fused op is watched: the NaN is found through its OutputRange
+    only = StatsCollector(moments=False, mean_std=False, no_histogram=bounded, names=[act])
+    with np.errstate(invalid="ignore"), pytest.raises(UserError, match=f"{act}.*NaN"):
+        Interpreter(view, [only]).run({"x": bad})
+    assert only.stats[act].range_only and any(p[3] for p in sink.parts)
+
+
 # ----------------------------------------------------------------------------- --kurtosis_analysis and --print_stats
 def test_kurtosis_and_stats_tables_match_numpy(toy, tmp_path):
     from scipy.stats import kurtosis

@@ -109,6 +109,32 @@ def test_depthwise_kernel_plane_ranges(builds):
                                   whole.view(np.uint32))
 
 
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 1000, 100_003])
+def test_clip_range_is_np_clip_with_its_range(builds, n):
+    """tc_clip_range: np.clip's bits in place (NaN stays, -0 stays, Inf clipped), and min/max ignoring NaN with
+    the NaN flag, as tc_minmax gives them for the clipped values; on every build."""
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 4).astype(np.float32)
+    special = np.array([-0.0, 0.0, 6.0, np.float32(6.0000005), -np.inf, np.inf, np.nan, 5.9999995], np.float32)
+    if n >= 16:
+        x[rng.integers(0, n, 8)] = special
+    for nan_free in (True, False):
+        xs = x.copy()
+        if nan_free:
+            xs[np.isnan(xs)] = 1.0
+        want = np.clip(xs, np.float32(0), np.float32(6))
+        for name, lib in builds.items():
+            y = xs.copy()
+            b = (ctypes.c_float * 2)()
+            nan = lib.tc_clip_range(y.ctypes.data, n, 0.0, 6.0, b)
+            assert np.array_equal(y.view(np.uint32), want.view(np.uint32)), name
+            assert bool(nan) == bool(np.isnan(want).any()), name
+            if n == 0:
+                assert (b[0], b[1]) == (np.inf, -np.inf)
+            elif not np.isnan(want).all():
+                assert (b[0], b[1]) == (np.nanmin(want), np.nanmax(want)), name
+
+
 def test_builds_agree_on_statistics(builds):
     """tc_minmax and tc_accumulate: the same bounds, histogram, zero count and moments on both builds."""
     rng = np.random.default_rng(3)

@@ -29,6 +29,31 @@ from ..errors import UserError
 from ..graph import Graph, Node
 
 KERNELS: dict[str, Callable] = {}
+RANGE_KEY = "interp.output_range"
+
+
+class OutputRange:
+    """The range of an op's output, reported by its kernel piece by piece: a conv fused with its ReLU6 clips each
+    piece of its output while the piece is in cache and measures it there (tc_clip_range), so a listener that
+    needs no more than the range (the statistics of a bounded tensor) takes no pass over memory. A node carries
+    one in `extra[RANGE_KEY]` (calibration's fused view); the kernel resets it at each call. Pieces run on the
+    worker threads: list.append is atomic under the GIL."""
+
+    def __init__(self):
+        self.parts: list[tuple[int, float, float, bool]] = []
+
+    def reset(self) -> None:
+        self.parts = []
+
+    def add(self, n: int, lo: float, hi: float, nan: bool) -> None:
+        self.parts.append((int(n), float(lo), float(hi), bool(nan)))
+
+    def total(self, size: int) -> tuple[float, float, bool] | None:
+        """(min, max, holds a NaN) over the pieces, or None unless they cover exactly `size` values."""
+        parts = self.parts
+        if not parts or sum(p[0] for p in parts) != size:
+            return None
+        return min(p[1] for p in parts), max(p[2] for p in parts), any(p[3] for p in parts)
 
 
 def impl(*op_names: str):

@@ -138,6 +138,8 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.tc_minmax.argtypes = [p, i64, p]
     lib.tc_minmax.restype = ctypes.c_int
+    lib.tc_clip_range.argtypes = [p, i64, ctypes.c_float, ctypes.c_float, p]
+    lib.tc_clip_range.restype = ctypes.c_int
     lib.tc_accumulate.argtypes = [p, i64, i64, ctypes.c_int, p, p, p, ctypes.c_int32, ctypes.c_float]
     lib.tc_accumulate.restype = None
     lib.tc_update.argtypes = [p, i64, i64, ctypes.c_int, p, p, p, ctypes.c_int32, ctypes.c_float, p]
@@ -156,7 +158,7 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 
 def stats_library() -> ctypes.CDLL | None:
-    """The native kernels (tc_minmax, tc_accumulate: stats_kernel.c; tc_dwconv2d: conv_kernel.c; tc_hardswish,
+    """The native kernels (tc_minmax, tc_accumulate, tc_clip_range: stats_kernel.c; tc_dwconv2d: conv_kernel.c; tc_hardswish,
     tc_lookup, tc_lookup2, tc_requant_fused: elementwise_kernel.c), or None: use the numpy paths."""
     global _lib
     if disabled():

@@ -5,6 +5,7 @@
  *
  * Every result is the one the numpy path of stats.py computes:
  *  - tc_minmax: min and max of a float32 buffer and whether it holds a NaN;
+ *  - tc_clip_range: np.clip in place, with tc_minmax's answer for the result;
  *  - tc_accumulate: chunk by chunk (the numpy path's CHUNK values), the moment sums about a shift taken and
  *    merged exactly as TensorStats._add_moments/_merge_moments do (in double), the exact zeros, and the signed
  *    histogram: bin floor(float32(x) * scale) + side, with x == R in the last bin.
@@ -78,6 +79,48 @@ int tc_minmax(const float *x, int64_t n, float *out)
     }
     out[0] = lo;
     out[1] = hi;
+    return nan[0] != 0;
+}
+
+/* y[0..n) = clip(y, lo, hi) in place as np.clip does it (NaN stays NaN, -0 stays -0), and out[0], out[1] = min
+ * and max of the result ignoring NaN (+inf, -inf when n == 0); returns 1 if it holds a NaN. A fused ReLU6
+ * applied to a piece of a conv's output while the piece is in cache: its range, all that the statistics of a
+ * bounded output need, comes with it instead of a pass over memory (tc_minmax) later. */
+int tc_clip_range(float *y, int64_t n, float lo, float hi, float *out)
+{
+    const float inf = HUGE_VALF;
+    const vf vlo = splat(lo), vhi = splat(hi);
+    vf mn = splat(inf), mx = -mn;
+    vi nan = {0};
+    float a = inf, b = -inf;
+    int64_t i = 0;
+    int j;
+    for (; i + VL <= n; i += VL) {
+        vf v = loadv(y + i);
+        vi below = v < vlo, above = v > vhi;            /* false for NaN: it stays */
+        v = (vf)(((vi)vlo & below) | ((vi)v & ~below));
+        v = (vf)(((vi)vhi & above) | ((vi)v & ~above));
+        memcpy(y + i, &v, sizeof v);
+        mn = vmin(v, mn);
+        mx = vmax(v, mx);
+        nan |= v != v;
+    }
+    for (j = 0; j < VL; j++) {
+        a = mn[j] < a ? mn[j] : a;
+        b = mx[j] > b ? mx[j] : b;
+        nan[0] |= nan[j];
+    }
+    for (; i < n; i++) {
+        float v = y[i];
+        v = v < lo ? lo : v;
+        v = v > hi ? hi : v;
+        y[i] = v;
+        a = v < a ? v : a;
+        b = v > b ? v : b;
+        nan[0] |= v != v;
+    }
+    out[0] = a;
+    out[1] = b;
     return nan[0] != 0;
 }
 

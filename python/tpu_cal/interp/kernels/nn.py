@@ -16,11 +16,14 @@ the code stays pure numpy.
 """
 from __future__ import annotations
 
+import ctypes
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ... import native
-from ..core import impl
+from ..core import RANGE_KEY, impl
 from ..workers import chunks as _chunks, matmul as _matmul, matmul_items as _matmul_items, parallel as _parallel, workers as _workers
 
 F32 = np.float32
@@ -75,13 +78,32 @@ def fused_relu(node, y):
 
 def _activation(node):
     """The fused ReLU / ReLU6 of a MAC op as an in-place function of a piece of its output (None: none). The conv
-    kernels apply it to each piece while the piece is in cache, instead of a pass over the whole output."""
+    kernels apply it to each piece while the piece is in cache, instead of a pass over the whole output; a ReLU6
+    whose node carries an `OutputRange` also measures each piece there."""
     if not node.extra.get("do_relu"):
         return None
     lim = float(node.extra.get("relu_limit", -1.0))
-    if lim >= 0:
+    if lim < 0:
+        return lambda y: np.maximum(y, 0, out=y)
+    sink = node.extra.get(RANGE_KEY)
+    lib = native.stats_library() if sink is not None else None
+    if lib is None:
         return lambda y: np.clip(y, 0, lim, out=y)
-    return lambda y: np.maximum(y, 0, out=y)
+    sink.reset()
+
+    def clip_and_measure(y):
+        if y.size == 0:
+            return y
+        if y.dtype == np.float32 and y.flags.c_contiguous:
+            b = (ctypes.c_float * 2)()
+            nan = lib.tc_clip_range(y.ctypes.data, y.size, 0.0, lim, b)
+            sink.add(y.size, b[0], b[1], nan)
+        else:
+            np.clip(y, 0, lim, out=y)
+            lo, hi = float(y.min()), float(y.max())        # NaN in either: the piece holds one
+            sink.add(y.size, lo, hi, math.isnan(lo) or math.isnan(hi))
+        return y
+    return clip_and_measure
 
 
 @impl("top.conv")
