@@ -218,6 +218,11 @@ class CalibrationConfig:
     preactivation_stats: bool = False
 
 
+def _activation_pairs(graph: Graph) -> dict[str, str]:
+    from .lowering import activation_pairs     # lowering imports this module
+    return activation_pairs(graph)
+
+
 def fused_view(graph: Graph, measured=()) -> tuple[Graph, dict[str, str]]:
     """The graph with each `lowering.activation_pairs` pair run as one op: the conv/deconv/matmul with its ReLU or
     ReLU6 applied inside (`do_relu`, `relu_limit`, as lowering fuses it), under the activation's name and at its
@@ -231,8 +236,8 @@ def fused_view(graph: Graph, measured=()) -> tuple[Graph, dict[str, str]]:
 
     A fused ReLU6 named in `measured` carries an `OutputRange`: its kernel measures each piece of the output in
     cache, and a range-only statistic (a bounded tensor's) takes that instead of a pass over memory."""
-    from .lowering import ATTR_DO_RELU, ATTR_RELU_LIMIT, activation_pairs     # lowering imports this module
-    pairs = activation_pairs(graph)
+    from .lowering import ATTR_DO_RELU, ATTR_RELU_LIMIT     # lowering imports this module
+    pairs = _activation_pairs(graph)
     if not pairs:
         return graph, pairs
     by_name = graph.node_map()
@@ -295,9 +300,8 @@ def share_fused(graph: Graph, table: dict) -> dict:
     """`table` in graph order, each MAC op that lowering fuses with its ReLU/ReLU6 given the activation's entry
     (`fused_view` says why), whether or not it had statistics of its own: the table does not depend on what
     else was collected."""
-    from .lowering import activation_pairs     # lowering imports this module
     table = dict(table)
-    for act, mac in activation_pairs(graph).items():
+    for act, mac in _activation_pairs(graph).items():
         if act in table:
             table[mac] = table[act]
     return {n.name: table[n.name] for n in graph.nodes if n.name in table}
@@ -312,8 +316,7 @@ def tune_table(graph: Graph, table: dict, stats: dict, tsrc: Dataset, cfg: Calib
     tuner = AutoTuner(graph, table, absmax)
     # a --tune_list sample was never seen by the statistics: NaN/Inf there must stop the run, not tune
     run_batches(Interpreter(graph, [_FindNonFinite(), tuner]), tsrc, tune_samples, cfg.batch_size, "auto-tune")
-    from .lowering import activation_pairs     # lowering imports this module
-    fused = set(activation_pairs(graph).values())
+    fused = set(_activation_pairs(graph).values())
     for name, th in tuner.tuned().items():
         if name in fused:       # keeps the activation's entry (share_fused): never held in int8 after lowering
             continue

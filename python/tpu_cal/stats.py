@@ -49,6 +49,7 @@ import numpy as np
 from . import native
 from .errors import UserError
 from .interp.core import RANGE_KEY, Listener
+from .interp.workers import parallel
 
 CHUNK = 1 << 16          # values per chunk: the chunk and its three work buffers stay in cache
 SPLIT = 1 << 20          # batches of at least this many values are split in two halves, one per thread
@@ -97,7 +98,6 @@ def _minmax_native(lib, flat: np.ndarray) -> tuple[float, float, bool]:
     if len(parts) == 1:
         run(0)
     else:
-        from .interp.workers import parallel
         parallel(run, [0, 1])
     return min(b[0] for b, _ in out), max(b[1] for b, _ in out), any(n[0] for _, n in out)
 
@@ -194,7 +194,6 @@ class TensorStats:
         other = TensorStats(self.bins, oversample=self.side // self.bins, histogram=do_h,
                             moments=self.higher_moments, mean_std=self.mean_std, zeros=self.zeros)
         other._scale = self._scale
-        from .interp.workers import parallel
         parallel(lambda job: job[0]._accumulate(lib, job[1], do_m, do_h), [(self, flat[:cut]), (other, flat[cut:])])
         if do_h:
             self.hist += other.hist
@@ -248,7 +247,6 @@ class TensorStats:
         if len(parts) == 1:
             run(0)
         else:
-            from .interp.workers import parallel
             parallel(run, [0, 1])
         if any(r[3][0] for r in runs):
             return False

@@ -24,7 +24,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from ... import native
 from ..core import RANGE_KEY, impl
-from ..workers import chunks as _chunks, matmul as _matmul, matmul_items as _matmul_items, parallel as _parallel, workers as _workers
+from ..workers import chunks as _chunks, matmul as _matmul, matmul_items as _matmul_items, parallel as _parallel
+from ..workers import workers as _workers
 
 F32 = np.float32
 _CHUNK_BYTES = 4 << 20         # im2col buffer per chunk of samples (cache-sized: measured best)
