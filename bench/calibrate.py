@@ -106,6 +106,7 @@ class Ours:
     error: str = ""
     quality: J.Quality | None = None
     quality_exact: J.Quality | None = None
+    quality_unsigned: J.Quality | None = None  # TPU-MLIR's uint8 for the tensors whose min is >= 0
     quality_clip: J.Quality | None = None     # the same table with every Clip output raised to its bound
     clipped: int = 0                           # Clip outputs whose threshold is below the Clip's bound
     out_ratio: float = float("nan")            # graph output's threshold / its abs-max on the calibration set
@@ -207,6 +208,7 @@ def main(argv=None) -> int:
             try:
                 o.quality, r = J.judge(onnx_path, o.table, x_eval, ref=ref)
                 o.quality_exact, _ = J.judge(onnx_path, o.table, x_eval, ref=ref, exact=True)
+                o.quality_unsigned, _ = J.judge(onnx_path, o.table, x_eval, ref=ref, unsigned=True)
                 th = J.thresholds_of(o.table)
                 low = {n: bounds[t] for n, t in r.names.tensors.items()
                        if t in bounds and th[n] < bounds[t] * (1 - 1e-6)}
@@ -230,6 +232,8 @@ def main(argv=None) -> int:
         print(f"[ort] {meth} ...", flush=True)
         an = J.ort_anchor(onnx_path, cal, meth, os.path.join(work, "ort"), timeout=TIMEOUT)
         an.quality = J.compare(ref, J.run_model(an.qdq_path, x_eval)) if an.ok else None
+        if an.ok:
+            an.quality_unsigned = J.judge_ranges(onnx_path, J.read_cache(an.cache_path), x_eval, ref, unsigned=True)
         print(f"  {'ok' if an.ok else 'FAILED'} quantize_static {fmt(an.time_s, '.1f')} s, wall {fmt(an.wall_s, '.1f')}"
               f" s, peak {fmt(an.peak_rss_mb, '.0f')} MB" + (f", {an.quality}" if an.quality else "")
               + (f"  {an.error}" if an.error else ""), flush=True)
@@ -330,16 +334,18 @@ def main(argv=None) -> int:
     elif rss:
         ratios.append("memory runs: " + "; ".join(f"{n}: {o.error}" for n, o in rss.items() if not o.ok))
 
-    q_head = ["calibration", "cos mean", "cos min", "top-1 agree %", "cos mean (exact ranges)",
+    q_head = ["calibration", "cos mean", "cos min", "top-1 agree %", "cos mean, uint8 where min >= 0",
+              "cos mean (exact ranges)",
               "Clip outputs below bound", "cos mean, those at the bound", "output th / max", "wall s", "peak RSS MB"]
     q_rows = []
     for k, o in ours.items():
         meth, tune = METHODS[k]
         name = f"tpu-cal {meth}" + (f" --tune_num {tune}" if tune else "")
         if not o.ok or o.quality is None:
-            q_rows.append([name, "failed", o.error.replace("|", "/"), "", "", "", "", "", fmt(o.wall_s, ".1f"), ""])
+            q_rows.append([name, "failed", o.error.replace("|", "/"), "", "", "", "", "", "", fmt(o.wall_s, ".1f"), ""])
         else:
             q_rows.append([name] + q_cells(o.quality) + [
+                fmt(o.quality_unsigned.mean_cos, ".5f") if o.quality_unsigned else "",
                 fmt(o.quality_exact.mean_cos, ".5f") if o.quality_exact else "",
                 f"{o.clipped} of {len(bounds)}", fmt(o.quality_clip.mean_cos, ".5f") if o.quality_clip else "",
                 fmt(o.out_ratio, ".2f"), fmt(o.wall_s, ".1f"), fmt(o.peak_rss_mb, ".0f")])
@@ -347,14 +353,15 @@ def main(argv=None) -> int:
         name = f"ORT quantize_static {meth}" if meth != "Entropy2048" else \
             "ORT Entropy calibrator, 2048 bins (chunks of 10 samples), then quantize_static"
         if not an.ok:
-            q_rows.append([name, "failed", an.error.replace("|", "/"), "", "", "", "", "", fmt(an.wall_s, ".1f"),
+            q_rows.append([name, "failed", an.error.replace("|", "/"), "", "", "", "", "", "", fmt(an.wall_s, ".1f"),
                            fmt(an.peak_rss_mb, ".0f")])
         else:
-            q_rows.append([name] + q_cells(an.quality) + ["", "", "", "", fmt(an.wall_s, ".1f"),
-                                                          fmt(an.peak_rss_mb, ".0f")])
+            q_rows.append([name] + q_cells(an.quality) + [
+                fmt(an.quality_unsigned.mean_cos, ".5f") if an.quality_unsigned else "", "", "", "", "",
+                fmt(an.wall_s, ".1f"), fmt(an.peak_rss_mb, ".0f")])
     if ceiling is not None:
         q_rows.append(["ceiling: 16-bit activations (ORT MinMax ranges), int8 weights"] + q_cells(ceiling)
-                      + ["", "", "", "", "", ""])
+                      + ["", "", "", "", "", "", ""])
 
     print()
     print(text_table(speed_head, speed_rows))
@@ -395,7 +402,10 @@ quantized bins, so its only candidate is the full range and it equals MinMax; th
 Entropy calibrator directly with TensorRT's / TPU-MLIR's bin count (fed 10 samples at a time to bound its memory,
 so its time and RSS are not comparable; most of its time is ORT's pure-Python threshold search). ORT's Entropy and
 Percentile keep every intermediate tensor of every sample in memory until the end, hence their RSS. The ceiling
-keeps int8 weights and quantizes activations to 16 bits. Diagnostics per table: how many ReLU6 (Clip) outputs got
+keeps int8 weights and quantizes activations to 16 bits. "uint8 where min >= 0" judges the same ranges with
+TPU-MLIR's own symmetric scheme, which holds a tensor whose calibrated min is >= 0 (every ReLU6 output) unsigned:
+uint8 over [0, th], scale th / 255 (TPU-MLIR's `module::getScaleAndZeroPoint`: `sign = min < 0`); for ORT's anchors,
+the tensors whose own range starts at >= 0. Diagnostics per table: how many ReLU6 (Clip) outputs got
 a threshold below the Clip's bound (6), the judged quality with those raised to the bound, and the network
 output's threshold over its abs-max on the calibration samples (below 1 clips the logits, and with them the top-1).
 {f"Judge self-check: ORT's MinMax ranges rebuilt through the judge give {selfcheck} (ORT's own QDQ model: {mm.quality})." if selfcheck else ""}

@@ -24,12 +24,17 @@ the judge
    gives cosine 0.98 simulated but 0.62 through the fused kernels on an AVX2-only machine. That would judge
    ORT's kernels, not the thresholds.
 
+TPU-MLIR's own symmetric scheme differs in one point (`module::getScaleAndZeroPoint` in lib/Support/Module.cpp):
+a tensor whose calibrated min is >= 0 is held unsigned, uint8 with scale th / 255 and zero point 0, not int8 with
+th / 127. `unsigned=True` judges that way: those tensors get a TensorQuantOverride to QUInt8 over [0, th] (our
+table's min column says which; for ORT's anchors, their own range's min).
+
 Anchors on the same quantizer settings: ORT's own quantize_static with CalibrationMethod.MinMax, Entropy and
 Percentile on the same calibration samples, each in a child process (`python bench/qdq_judge.py ort-quantize ...`)
 whose wall time and peak RSS (os.wait4's ru_maxrss of that child alone) are measured; and a ceiling: 16-bit
 activations (QInt16, ORT's MinMax ranges) with the same int8 per-channel weights.
 
-    python bench/qdq_judge.py judge --table model.cali [--model float.onnx] [--eval DIR] [--exact]
+    python bench/qdq_judge.py judge --table model.cali [--model float.onnx] [--eval DIR] [--exact] [--unsigned]
 """
 from __future__ import annotations
 
@@ -89,14 +94,21 @@ def map_names(model, names) -> NameMap:
     return res
 
 
-def thresholds_of(table) -> dict[str, float]:
-    """A cali_table path, a CaliTable or a dict name -> threshold (or -> (threshold, min, max))."""
+def _table_dict(table) -> dict:
     if isinstance(table, (str, os.PathLike)):
         from tpu_cal.formats.cali_table import read_cali_table
         table = read_cali_table(str(table))
-    if hasattr(table, "thresholds"):
-        table = table.thresholds
-    return {k: float(v[0] if isinstance(v, (tuple, list)) else v) for k, v in table.items()}
+    return table.thresholds if hasattr(table, "thresholds") else table
+
+
+def nonnegative_of(table) -> set[str]:
+    """Names whose table line has a min >= 0 (a table of bare thresholds says nothing: empty)."""
+    return {k for k, v in _table_dict(table).items() if isinstance(v, (tuple, list)) and len(v) > 1 and v[1] >= 0}
+
+
+def thresholds_of(table) -> dict[str, float]:
+    """A cali_table path, a CaliTable or a dict name -> threshold (or -> (threshold, min, max))."""
+    return {k: float(v[0] if isinstance(v, (tuple, list)) else v) for k, v in _table_dict(table).items()}
 
 
 # ----------------------------------------------------------------------------- ranges
@@ -119,6 +131,7 @@ class Ranges:
     constants: list[str] = field(default_factory=list)         # Constant outputs: their own value's range
     missing: list[str] = field(default_factory=list)           # wanted by ORT, no range: its nodes stay float
     excluded: list[str] = field(default_factory=list)          # ONNX nodes left out of quantization for that
+    nonnegative: set[str] = field(default_factory=set)         # tensors whose table min is >= 0 (and inheritors)
 
     def summary(self) -> str:
         s = (f"{len(self.names.tensors)} names mapped ({len(self.names.fused)} by fused suffix), "
@@ -139,7 +152,8 @@ def ranges_for(model_path: str, table) -> Ranges:
     ranges: dict[str, tuple[float, float]] = {}
     for name, tensor in names.tensors.items():
         ranges[tensor] = (-th[name], th[name])
-    res = Ranges(ranges, names)
+    nonneg = nonnegative_of(table)
+    res = Ranges(ranges, names, nonnegative={t for n, t in names.tensors.items() if n in nonneg})
     wanted = ort_tensors_to_calibrate(model_path)
     m = onnx.load(model_path, load_external_data=False)
     producer = {o: n for n in m.graph.node for o in n.output}
@@ -155,6 +169,8 @@ def ranges_for(model_path: str, table) -> Ranges:
                     hi = max(ranges[s][1] for s in srcs) if p.op_type == "Concat" else ranges[srcs[0]][1]
                     ranges[t] = (lo, hi)
                     res.inherited[t] = srcs[0]
+                    if all(s in res.nonnegative for s in srcs):
+                        res.nonnegative.add(t)
                     changed = True
     for t in sorted(wanted - set(ranges)):   # constants (a Pad's fill value): their own value, as ORT's calibration
         p = producer.get(t)
@@ -229,15 +245,23 @@ def read_cache(path: str) -> dict[str, tuple[float, float]]:
 
 
 def quantize_qdq(model_path: str, ranges: dict[str, tuple[float, float]], out_path: str, *, act_bits: int = 8,
-                 exact: bool = False, nodes_to_exclude: list[str] | None = None) -> str:
-    """ORT's quantize_static on `ranges` (no calibration run): the QDQ model at out_path."""
+                 exact: bool = False, nodes_to_exclude: list[str] | None = None, unsigned=()) -> str:
+    """ORT's quantize_static on `ranges` (no calibration run): the QDQ model at out_path. `unsigned`: tensors held
+    as uint8 over [0, max |range|] (TPU-MLIR's rule for a non-negative tensor; 8-bit activations only)."""
     import logging
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     logging.getLogger().setLevel(logging.ERROR)      # "please consider pre-processing" warnings
     extra = dict(QUANT_OPTIONS)
+    overrides = {}
     if exact:
-        extra["TensorQuantOverrides"] = {t: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
-                                         for t, (lo, hi) in ranges.items()}
+        overrides = {t: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for t, (lo, hi) in ranges.items()}
+    for t in unsigned:
+        if t in ranges and act_bits == 8:
+            hi = max(abs(ranges[t][0]), abs(ranges[t][1]))
+            overrides[t] = [{"quant_type": QuantType.QUInt8, "symmetric": False, "rmin": np.float32(0.0),
+                             "rmax": np.float32(hi)}]
+    if overrides:
+        extra["TensorQuantOverrides"] = overrides
     fd, cache = tempfile.mkstemp(prefix="qdq-judge-", suffix=".json")
     os.close(fd)
     os.unlink(cache)
@@ -251,6 +275,16 @@ def quantize_qdq(model_path: str, ranges: dict[str, tuple[float, float]], out_pa
         if os.path.exists(cache):
             os.unlink(cache)
     return out_path
+
+
+def judge_ranges(model_path: str, ranges: dict[str, tuple[float, float]], x: np.ndarray, ref: np.ndarray, *,
+                 unsigned: bool = False) -> Quality:
+    """Quality of the QDQ model ORT builds from `ranges` (ONNX tensor -> (rmin, rmax), an anchor's cache);
+    unsigned: TPU-MLIR's uint8 for the tensors whose rmin is >= 0."""
+    with tempfile.TemporaryDirectory(prefix="qdq-judge-") as tmp:
+        q = quantize_qdq(model_path, ranges, os.path.join(tmp, "qdq.onnx"),
+                         unsigned={t for t, (lo, _) in ranges.items() if lo >= 0} if unsigned else ())
+        return compare(ref, run_model(q, x))
 
 
 def activation_scales(qdq_path: str) -> dict[str, float]:
@@ -304,12 +338,13 @@ def compare(ref: np.ndarray, out: np.ndarray) -> Quality:
 
 
 def judge(model_path: str, table, x: np.ndarray, *, ref: np.ndarray | None = None, exact: bool = False,
-          act_bits: int = 8, keep: str | None = None) -> tuple[Quality, Ranges]:
-    """Quality of the QDQ model built from `table` on samples x (ref: the float outputs, computed if None)."""
+          act_bits: int = 8, keep: str | None = None, unsigned: bool = False) -> tuple[Quality, Ranges]:
+    """Quality of the QDQ model built from `table` on samples x (ref: the float outputs, computed if None);
+    unsigned: TPU-MLIR's uint8 for the tensors whose table min is >= 0."""
     r = ranges_for(model_path, table)
     with tempfile.TemporaryDirectory(prefix="qdq-judge-") as tmp:
         q = quantize_qdq(model_path, r.ranges, keep or os.path.join(tmp, "qdq.onnx"), act_bits=act_bits, exact=exact,
-                         nodes_to_exclude=r.excluded)
+                         nodes_to_exclude=r.excluded, unsigned=r.nonnegative if unsigned else ())
         out = run_model(q, x)
     if ref is None:
         ref = run_model(model_path, x)
@@ -385,6 +420,7 @@ class Anchor:
     cache_path: str = ""
     error: str = ""
     quality: "Quality | None" = None    # filled in by the caller
+    quality_unsigned: "Quality | None" = None   # its ranges judged with TPU-MLIR's uint8 rule (caller)
 
 
 def ort_anchor(model_path: str, dataset: str, method: str, workdir: str, timeout: float | None = None) -> Anchor:
@@ -478,6 +514,7 @@ def main(argv=None) -> int:
     j.add_argument("--eval", help="folder of .npy evaluation samples (default: bench/common.py's set)")
     j.add_argument("--exact", action="store_true", help="apply every range verbatim (TensorQuantOverrides)")
     j.add_argument("--keep", help="write the QDQ model here")
+    j.add_argument("--unsigned", action="store_true", help="TPU-MLIR's uint8 for tensors whose table min is >= 0")
     q = sub.add_parser("ort-quantize", help="(child) ORT quantize_static with its own calibration")
     q.add_argument("--model", required=True)
     q.add_argument("--dataset", required=True)
@@ -494,7 +531,7 @@ def main(argv=None) -> int:
         from tpu_cal.zoo.efficientnet import efficientnet_lite0
         model = efficientnet_lite0()
     x = common.load_folder(a.eval or common.evaluation_set())
-    quality, r = judge(model, a.table, x, exact=a.exact, keep=a.keep)
+    quality, r = judge(model, a.table, x, exact=a.exact, keep=a.keep, unsigned=a.unsigned)
     print(r.summary())
     print(f"{a.table}: {quality}")
     return 0

@@ -77,3 +77,30 @@ def test_qdq_from_cali_table_file(tmp_path):
     assert len(r.names.tensors) == len(TABLE)
     assert abs(J.activation_scales(keep)["out"] - 4.0 / 127) <= 1e-6
     assert 0.99 < quality.mean_cos <= 1.0 + 1e-9 and quality.top1 >= 0.0
+
+
+def test_unsigned_holds_non_negative_tensors_as_uint8(tmp_path):
+    """unsigned=True (TPU-MLIR's symmetric rule): a tensor whose table min is >= 0 gets a uint8 QuantizeLinear
+    with scale th / 255 and zero point 0; the others stay int8 at th / 127. Anchors' ranges the same way."""
+    path = tiny_model(str(tmp_path / "tiny.onnx"))
+    lines = {k: (v, -v, v) for k, v in TABLE.items()}
+    lines["relu_out_Relu"] = (1.5, 0.0, 1.5)          # the ReLU's output: non-negative
+    r = J.ranges_for(path, lines)
+    assert r.nonnegative == {"relu_out"}
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 3, 8, 8)).astype(np.float32)
+    keep = str(tmp_path / "u.onnx")
+    quality, _ = J.judge(path, lines, x, keep=keep, unsigned=True)
+    m = onnx.load(keep)
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    q = {n.input[0]: (float(inits[n.input[1]]), inits[n.input[2]]) for n in m.graph.node if n.op_type == "QuantizeLinear"
+         and n.input[0] in ("relu_out", "out")}
+    assert abs(q["relu_out"][0] - 1.5 / 255) <= 1e-7 and q["relu_out"][1].dtype == np.uint8 and q["relu_out"][1] == 0
+    assert abs(q["out"][0] - 4.0 / 127) <= 1e-7 and q["out"][1].dtype == np.int8
+    assert quality.min_cos > 0.99
+    # bare thresholds say nothing about the sign: nothing is unsigned
+    assert J.ranges_for(path, TABLE).nonnegative == set()
+    ranges = {"x": (-2.0, 2.0), "relu_out": (0.0, 1.5), "out": (-4.0, 4.0), "conv_out": (-3.0, 3.0),
+              "sig_out": (0.0, 1.0)}
+    ref = J.run_model(path, x, simulate=False)
+    signed, uns = J.judge_ranges(path, ranges, x, ref), J.judge_ranges(path, ranges, x, ref, unsigned=True)
+    assert uns.mean_cos >= signed.mean_cos - 1e-4      # a finer grid on [0, 1.5] loses nothing
