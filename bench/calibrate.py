@@ -226,14 +226,17 @@ def main(argv=None) -> int:
               + (f", {o.quality}" if o.quality else "") + (f"  {o.error}" if o.error else ""), flush=True)
         ours[k] = o
 
-    # anchors: ORT's own calibration, same quantizer settings
+    # anchors: ORT's own calibration, same quantizer settings; the uint8 column holds the tensors our first table
+    # observed non-negative on the same samples (a property of the data, which ORT's symmetric ranges no longer show)
+    first = next((o for o in ours.values() if o.ok), None)
+    nonneg = J.ranges_for(onnx_path, first.table).nonnegative if first is not None else set()
     anchors: dict[str, J.Anchor] = {}
     for meth in (("MinMax",) if a.no_anchors else J.ORT_METHODS):
         print(f"[ort] {meth} ...", flush=True)
         an = J.ort_anchor(onnx_path, cal, meth, os.path.join(work, "ort"), timeout=TIMEOUT)
         an.quality = J.compare(ref, J.run_model(an.qdq_path, x_eval)) if an.ok else None
-        if an.ok:
-            an.quality_unsigned = J.judge_ranges(onnx_path, J.read_cache(an.cache_path), x_eval, ref, unsigned=True)
+        if an.ok and nonneg:
+            an.quality_unsigned = J.judge_ranges(onnx_path, J.read_cache(an.cache_path), x_eval, ref, unsigned=nonneg)
         print(f"  {'ok' if an.ok else 'FAILED'} quantize_static {fmt(an.time_s, '.1f')} s, wall {fmt(an.wall_s, '.1f')}"
               f" s, peak {fmt(an.peak_rss_mb, '.0f')} MB" + (f", {an.quality}" if an.quality else "")
               + (f"  {an.error}" if an.error else ""), flush=True)
@@ -404,8 +407,9 @@ so its time and RSS are not comparable; most of its time is ORT's pure-Python th
 Percentile keep every intermediate tensor of every sample in memory until the end, hence their RSS. The ceiling
 keeps int8 weights and quantizes activations to 16 bits. "uint8 where min >= 0" judges the same ranges with
 TPU-MLIR's own symmetric scheme, which holds a tensor whose calibrated min is >= 0 (every ReLU6 output) unsigned:
-uint8 over [0, th], scale th / 255 (TPU-MLIR's `module::getScaleAndZeroPoint`: `sign = min < 0`); for ORT's anchors,
-the tensors whose own range starts at >= 0. Diagnostics per table: how many ReLU6 (Clip) outputs got
+uint8 over [0, th], scale th / 255 (TPU-MLIR's `module::getScaleAndZeroPoint`: `sign = min < 0`); ORT's anchors are
+judged with the same tensors unsigned (those our table observed >= 0: its ranges are stored symmetric). Diagnostics
+per table: how many ReLU6 (Clip) outputs got
 a threshold below the Clip's bound (6), the judged quality with those raised to the bound, and the network
 output's threshold over its abs-max on the calibration samples (below 1 clips the logits, and with them the top-1).
 {f"Judge self-check: ORT's MinMax ranges rebuilt through the judge give {selfcheck} (ORT's own QDQ model: {mm.quality})." if selfcheck else ""}

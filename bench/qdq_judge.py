@@ -27,7 +27,7 @@ the judge
 TPU-MLIR's own symmetric scheme differs in one point (`module::getScaleAndZeroPoint` in lib/Support/Module.cpp):
 a tensor whose calibrated min is >= 0 is held unsigned, uint8 with scale th / 255 and zero point 0, not int8 with
 th / 127. `unsigned=True` judges that way: those tensors get a TensorQuantOverride to QUInt8 over [0, th] (our
-table's min column says which; for ORT's anchors, their own range's min).
+table's min column, the observed minimum, says which; ORT's anchors are judged on the same tensors).
 
 Anchors on the same quantizer settings: ORT's own quantize_static with CalibrationMethod.MinMax, Entropy and
 Percentile on the same calibration samples, each in a child process (`python bench/qdq_judge.py ort-quantize ...`)
@@ -278,12 +278,12 @@ def quantize_qdq(model_path: str, ranges: dict[str, tuple[float, float]], out_pa
 
 
 def judge_ranges(model_path: str, ranges: dict[str, tuple[float, float]], x: np.ndarray, ref: np.ndarray, *,
-                 unsigned: bool = False) -> Quality:
-    """Quality of the QDQ model ORT builds from `ranges` (ONNX tensor -> (rmin, rmax), an anchor's cache);
-    unsigned: TPU-MLIR's uint8 for the tensors whose rmin is >= 0."""
+                 unsigned=()) -> Quality:
+    """Quality of the QDQ model ORT builds from `ranges` (ONNX tensor -> (rmin, rmax), an anchor's cache), the
+    tensors in `unsigned` held as uint8. (ORT's symmetric calibrators store (-absmax, absmax), so an anchor's own
+    ranges no longer say which tensors are non-negative: take that from a table of the same samples.)"""
     with tempfile.TemporaryDirectory(prefix="qdq-judge-") as tmp:
-        q = quantize_qdq(model_path, ranges, os.path.join(tmp, "qdq.onnx"),
-                         unsigned={t for t, (lo, _) in ranges.items() if lo >= 0} if unsigned else ())
+        q = quantize_qdq(model_path, ranges, os.path.join(tmp, "qdq.onnx"), unsigned=unsigned)
         return compare(ref, run_model(q, x))
 
 
