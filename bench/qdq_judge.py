@@ -27,7 +27,9 @@ the judge
 TPU-MLIR's own symmetric scheme differs in one point (`module::getScaleAndZeroPoint` in lib/Support/Module.cpp):
 a tensor whose calibrated min is >= 0 is held unsigned, uint8 with scale th / 255 and zero point 0, not int8 with
 th / 127. `unsigned=True` judges that way: those tensors get a TensorQuantOverride to QUInt8 over [0, th] (our
-table's min column, the observed minimum, says which; ORT's anchors are judged on the same tensors).
+table's min column, the observed minimum, says which; ORT's anchors are judged on the same tensors), and so does
+the input of such a Clip/Relu that nothing else reads, over the activation's range, as TPU-MLIR's fused conv +
+ReLU6 writes its result in the activation's type.
 
 Anchors on the same quantizer settings: ORT's own quantize_static with CalibrationMethod.MinMax, Entropy and
 Percentile on the same calibration samples, each in a child process (`python bench/qdq_judge.py ort-quantize ...`)
@@ -255,11 +257,18 @@ def quantize_qdq(model_path: str, ranges: dict[str, tuple[float, float]], out_pa
     overrides = {}
     if exact:
         overrides = {t: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for t, (lo, hi) in ranges.items()}
+    unsigned = {t for t in unsigned if t in ranges and act_bits == 8}
+    # ORT gives a single-consumer Clip/Relu input its activation's parameters, as TPU-MLIR fuses the pair and holds
+    # the result in the activation's type: an unsigned activation makes its input unsigned over the same range
+    for t, act_out in ({} if exact else activation_inputs(model_path)).items():
+        unsigned.discard(t)
+        if act_out in unsigned:
+            unsigned.add(t)
+            ranges = {**ranges, t: ranges[act_out]}
     for t in unsigned:
-        if t in ranges and act_bits == 8:
-            hi = max(abs(ranges[t][0]), abs(ranges[t][1]))
-            overrides[t] = [{"quant_type": QuantType.QUInt8, "symmetric": False, "rmin": np.float32(0.0),
-                             "rmax": np.float32(hi)}]
+        hi = max(abs(ranges[t][0]), abs(ranges[t][1]))
+        overrides[t] = [{"quant_type": QuantType.QUInt8, "symmetric": False, "rmin": np.float32(0.0),
+                         "rmax": np.float32(hi)}]
     if overrides:
         extra["TensorQuantOverrides"] = overrides
     fd, cache = tempfile.mkstemp(prefix="qdq-judge-", suffix=".json")
@@ -275,6 +284,20 @@ def quantize_qdq(model_path: str, ranges: dict[str, tuple[float, float]], out_pa
         if os.path.exists(cache):
             os.unlink(cache)
     return out_path
+
+
+def activation_inputs(model_path: str) -> dict[str, str]:
+    """Tensor -> the Clip or Relu output, for tensors that activation alone reads: ORT's QDQ quantizer gives them
+    that activation's quantization parameters (as TPU-MLIR fuses the pair)."""
+    import onnx
+    m = onnx.load(model_path, load_external_data=False)
+    readers: dict[str, list] = {}
+    for n in m.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in m.graph.output}
+    return {t: rs[0].output[0] for t, rs in readers.items() if len(rs) == 1 and rs[0].op_type in ("Clip", "Relu")
+            and rs[0].input[0] == t and t not in outputs}
 
 
 def judge_ranges(model_path: str, ranges: dict[str, tuple[float, float]], x: np.ndarray, ref: np.ndarray, *,

@@ -93,8 +93,10 @@ def test_unsigned_holds_non_negative_tensors_as_uint8(tmp_path):
     m = onnx.load(keep)
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     q = {n.input[0]: (float(inits[n.input[1]]), inits[n.input[2]]) for n in m.graph.node if n.op_type == "QuantizeLinear"
-         and n.input[0] in ("relu_out", "out")}
+         and n.input[0] in ("relu_out", "out", "conv_out")}
     assert abs(q["relu_out"][0] - 1.5 / 255) <= 1e-7 and q["relu_out"][1].dtype == np.uint8 and q["relu_out"][1] == 0
+    # the conv's output, which the ReLU alone reads, is held like the ReLU's (TPU-MLIR's fused conv + ReLU)
+    assert abs(q["conv_out"][0] - 1.5 / 255) <= 1e-7 and q["conv_out"][1].dtype == np.uint8
     assert abs(q["out"][0] - 4.0 / 127) <= 1e-7 and q["out"][1].dtype == np.int8
     assert quality.min_cos > 0.99
     # bare thresholds say nothing about the sign: nothing is unsigned
