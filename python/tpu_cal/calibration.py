@@ -154,15 +154,17 @@ class AutoTuner(Listener):
     pseudo-quantized weights and its other inputs in float, and the squared Euclidean distance to the float
     output summed over the tune samples. The best candidate wins for that consumer; a tensor read by several
     ops keeps the largest of their choices. Distances accumulate across batches, so memory does not grow.
+    Tensors in `fixed` keep their threshold and cost nothing.
     """
 
-    def __init__(self, graph: Graph, table: dict, absmax: dict[str, float], n_candidates: int = TUNE_CANDIDATES):
+    def __init__(self, graph: Graph, table: dict, absmax: dict[str, float], n_candidates: int = TUNE_CANDIDATES,
+                 fixed=()):
         self.nodes = graph.node_map()
         self.qweights = quantized_weights(graph)
         self.cands: dict[str, np.ndarray] = {}
         for name, (th, _, _) in table.items():
             amax = absmax.get(name, th)
-            self.cands[name] = (np.linspace(th, amax, n_candidates) if amax > th * (1 + 1e-6)
+            self.cands[name] = (np.linspace(th, amax, n_candidates) if amax > th * (1 + 1e-6) and name not in fixed
                                 else np.array([th]))
         self.dist: dict[tuple[str, int], np.ndarray] = {}     # (consumer, input index) -> summed distances
 
@@ -313,13 +315,11 @@ def tune_table(graph: Graph, table: dict, stats: dict, tsrc: Dataset, cfg: Calib
     tuned = {}
     tune_samples = tsrc.take(cfg.tune_num, "--tune_num")
     absmax = {k: float(st.absmax) for k, st in stats.items()}
-    tuner = AutoTuner(graph, table, absmax)
+    # the fused MAC ops keep their activation's entry (share_fused): never held in int8, so nothing to tune
+    tuner = AutoTuner(graph, table, absmax, fixed=set(_activation_pairs(graph).values()))
     # a --tune_list sample was never seen by the statistics: NaN/Inf there must stop the run, not tune
     run_batches(Interpreter(graph, [_FindNonFinite(), tuner]), tsrc, tune_samples, cfg.batch_size, "auto-tune")
-    fused = set(_activation_pairs(graph).values())
     for name, th in tuner.tuned().items():
-        if name in fused:       # keeps the activation's entry (share_fused): never held in int8 after lowering
-            continue
         before = table[name][0]
         table[name] = (th, table[name][1], table[name][2])
         tuned[name] = (before, th)
