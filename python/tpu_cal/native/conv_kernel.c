@@ -89,9 +89,9 @@ block(const float *q, const int64_t *toff, const float *wc, int64_t kk, const fl
     }
 }
 
-/* planes no wider than a vector: nr (1..UR, a constant after inlining) output rows from `row0`, one vector each,
- * rows `rs` floats apart in the phase buffer, accumulated together over the taps (independent add chains, where
- * one row alone waits on its own adds); the first n floats of each stored to out, rows n apart */
+/* planes no wider than a vector: nr (1..UR, a constant after inlining) consecutive output rows, one vector each,
+ * read from q on, rows `rs` floats apart in the phase buffer, accumulated together over the taps (independent add
+ * chains, where one row alone waits on its own adds); the first n floats of each stored to out, rows n apart */
 #define UR 8
 static inline __attribute__((always_inline)) void
 rows(const float *q, int64_t rs, const int64_t *toff, const float *wc, int64_t kk, const float *bias, float *out,
