@@ -260,7 +260,7 @@ def quantize_qdq(model_path: str, ranges: dict[str, tuple[float, float]], out_pa
     unsigned = {t for t in unsigned if t in ranges and act_bits == 8}
     # ORT gives a single-consumer Clip/Relu input its activation's parameters, as TPU-MLIR fuses the pair and holds
     # the result in the activation's type: an unsigned activation makes its input unsigned over the same range
-    for t, act_out in ({} if exact else activation_inputs(model_path)).items():
+    for t, act_out in ({} if exact or not unsigned else activation_inputs(model_path)).items():
         unsigned.discard(t)
         if act_out in unsigned:
             unsigned.add(t)
